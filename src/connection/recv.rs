@@ -1,0 +1,566 @@
+//! The receiving side: packet numbers to acknowledge, the reliable window (what is received,
+//! what is complete), the at-most-once window and its provable gaps, ordered channels and
+//! reassembly.
+//!
+//! ```text
+//!   reliable ids:   complete ─┐        received, not complete (held back or being processed)
+//!                             v        v
+//!   ... ■ ■ ■ ■ ■ ■ ■ | □ ■ ◩ □ ◩ ■ □ □ . . . . . . |
+//!                     ^ cumulative                   ^ cumulative + window
+//! ```
+//! A reliable message counts as complete when it was handed to the application (or, in
+//! acknowledge-after-processing mode, acknowledged by it), or when the sender abandoned it
+//! before it arrived. MSG_ACK reports the cumulative point and the complete ids above it; the
+//! sender reports Delivered from nothing else.
+
+use std::time::Instant;
+
+use super::channel::{Held, OrderedChannel};
+use super::reassembly::{FragmentOutcome, Reassembly, Space};
+use super::{Connection, State};
+use crate::config::{AckMode, Config};
+use crate::dedup::DedupWindow;
+use crate::error::DatagramError;
+use crate::event::{AckToken, Event, Received};
+use crate::message::Guarantee;
+use crate::rangeset::RangeSet;
+use crate::seq::{MessageId, PacketNumber};
+use crate::timer::Timer;
+use crate::wire::{self, Frame, MessageFrame};
+
+/// Packet-number ranges remembered for acknowledgements and duplicate detection.
+const RECEIVED_RANGES: usize = 256;
+
+#[derive(Debug)]
+pub(super) struct RecvState {
+    /// Packet numbers received (whose frames all took effect).
+    pub received: RangeSet,
+    pub largest: Option<(u64, Instant)>,
+    /// Packets older than this are no longer tracked and are dropped.
+    pub pn_floor: u64,
+    /// Received packets not yet acknowledged.
+    pub ack_pending: bool,
+    /// An acknowledgement should go out now.
+    pub ack_due: bool,
+    pub eliciting_since_ack: u32,
+
+    /// Reliable ids complete.
+    pub done: DedupWindow,
+    /// Reliable ids received (held back, being processed, or complete).
+    pub seen: DedupWindow,
+    /// Flow credit granted to the peer (monotonic).
+    pub limit: u64,
+    pub msg_ack_dirty: bool,
+    /// Reliable ids the application rejected and that have not arrived again.
+    pub rejects: Vec<u64>,
+    pub reject_dirty: bool,
+
+    /// At-most-once ids delivered (or given up as dead).
+    pub amo: DedupWindow,
+
+    pub channels: Vec<Option<Box<OrderedChannel>>>,
+    pub reassembly: Reassembly,
+    /// Payload bytes in undelivered `Message` events.
+    pub queued_bytes: usize,
+}
+
+impl RecvState {
+    pub fn new(config: &Config) -> Self {
+        let first = config.initial_message_id;
+        RecvState {
+            received: RangeSet::new(RECEIVED_RANGES),
+            largest: None,
+            pn_floor: config.initial_packet_number,
+            ack_pending: false,
+            ack_due: false,
+            eliciting_since_ack: 0,
+            done: DedupWindow::new(first, config.window as usize),
+            seen: DedupWindow::new(first, config.window as usize),
+            limit: first + config.window,
+            msg_ack_dirty: false,
+            rejects: Vec::new(),
+            reject_dirty: false,
+            amo: DedupWindow::new(first, config.amo_window as usize),
+            channels: (0..256).map(|_| None).collect(),
+            reassembly: Reassembly::new(config.max_partial_messages),
+            queued_bytes: 0,
+        }
+    }
+
+    pub fn buffered_bytes(&self) -> usize {
+        let held: usize = self
+            .channels
+            .iter()
+            .flatten()
+            .map(|c| c.held_bytes())
+            .sum();
+        self.reassembly.bytes() + self.queued_bytes + held
+    }
+}
+
+impl Connection {
+    pub(super) fn on_datagram(&mut self, now: Instant, data: &[u8]) -> Result<(), DatagramError> {
+        self.stats.bytes_received += data.len() as u64;
+        if self.state == State::Closed {
+            return Err(DatagramError::Closed);
+        }
+        let (header, payload) = match wire::open(data, &*self.integrity) {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.dropped_malformed += 1;
+                log::trace!("conn {}: dropped malformed datagram: {e}", self.local_cid);
+                return Err(e.into());
+            }
+        };
+        if header.conn_id != self.local_cid {
+            self.stats.dropped_stale += 1;
+            return Err(DatagramError::UnknownConnection);
+        }
+        let pn = PacketNumber::expand(
+            header.packet_number,
+            self.rx.largest.map(|(l, _)| PacketNumber(l)),
+        )
+        .0;
+        if pn < self.rx.pn_floor || self.rx.received.contains(pn) {
+            // A copy: our acknowledgement may have been lost, so acknowledge again soon.
+            self.stats.dropped_stale += 1;
+            self.rx.ack_pending = true;
+            self.schedule_ack(now, false);
+            return Err(DatagramError::Stale);
+        }
+        if let Err(e) = wire::validate(payload) {
+            self.stats.dropped_malformed += 1;
+            return Err(e.into());
+        }
+        self.last_received = now;
+        self.timers.set(Timer::Idle, now + self.config.idle_timeout);
+
+        let mut accepted = true;
+        let mut eliciting = false;
+        let mut close: Option<(u64, String)> = None;
+        for frame in wire::frames(payload) {
+            // Validated above: an error here cannot happen, but is handled as malformed.
+            let frame = frame?;
+            eliciting |= frame.is_ack_eliciting();
+            match frame {
+                Frame::Padding { .. } | Frame::Ping => {}
+                Frame::Ack(ack) => self.on_ack_frame(now, &ack)?,
+                Frame::MsgAck(m) => {
+                    if self.state != State::Draining {
+                        self.on_msg_ack_frame(now, &m)?;
+                    }
+                }
+                Frame::Message(m) => accepted &= self.on_message_frame(now, &m),
+                Frame::Forward(f) => {
+                    for e in f.entries() {
+                        accepted &= self.on_forward_entry(now, e);
+                    }
+                }
+                Frame::Reject(r) => {
+                    for id in r.ids() {
+                        self.on_reject_id(id);
+                    }
+                }
+                Frame::AmoFloor { floor } => self.on_amo_floor(now, floor),
+                Frame::Close(c) => {
+                    let reason = String::from_utf8_lossy(c.reason).into_owned();
+                    close = Some((c.code, reason));
+                }
+            }
+            if self.state == State::Closed {
+                return Ok(());
+            }
+        }
+        if accepted {
+            self.stats.packets_received += 1;
+            self.rx.received.insert_one(pn);
+            if let Some(min) = self.rx.received.min() {
+                self.rx.pn_floor = self.rx.pn_floor.max(min);
+            }
+            let in_order = self.rx.largest.is_none_or(|(l, _)| pn == l + 1);
+            if self.rx.largest.is_none_or(|(l, _)| pn > l) {
+                self.rx.largest = Some((pn, now));
+            }
+            self.rx.ack_pending = true;
+            if eliciting {
+                self.rx.eliciting_since_ack += 1;
+                let immediate = !in_order
+                    || self.rx.eliciting_since_ack >= self.config.ack_eliciting_threshold
+                    || close.is_some();
+                self.schedule_ack(now, immediate);
+            }
+        } else {
+            self.stats.dropped_no_room += 1;
+        }
+        if let Some((code, reason)) = close {
+            self.rx.ack_due = true;
+            self.enter_draining(now, code, reason);
+        }
+        self.maybe_finish_shutdown(now);
+        Ok(())
+    }
+
+    /// Arranges for an acknowledgement: now, or within the maximum ack delay.
+    pub(super) fn schedule_ack(&mut self, now: Instant, immediate: bool) {
+        if immediate {
+            self.rx.ack_due = true;
+            self.timers.stop(Timer::Ack);
+        } else if self.timers.get(Timer::Ack).is_none() && !self.rx.ack_due {
+            self.timers.set(Timer::Ack, now + self.config.max_ack_delay);
+        }
+    }
+
+    /// Returns whether the frame took effect (or was recognised as a copy); `false` means it
+    /// was dropped for lack of room and the packet must not be acknowledged.
+    fn on_message_frame(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
+        if !matches!(self.state, State::Established | State::Shutdown) {
+            return false;
+        }
+        if m.guarantee.is_reliable() {
+            self.on_reliable_message(now, m)
+        } else {
+            self.on_amo_message(now, m)
+        }
+    }
+
+    fn room_for(&self, len: usize) -> bool {
+        self.rx.buffered_bytes() + len <= self.config.recv_buffer_bytes
+    }
+
+    fn check_fragment_caps(&self, m: &MessageFrame<'_>) -> bool {
+        m.fragment.is_none_or(|f| {
+            f.count <= u64::from(self.config.max_fragments)
+                && f.total_len <= self.config.max_message_size as u64
+        })
+    }
+
+    fn on_reliable_message(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
+        let id = m.id;
+        let base = self.rx.done.base();
+        if id < base {
+            self.stats.duplicates_suppressed += 1;
+            return true;
+        }
+        if id >= base + self.config.window || !self.check_fragment_caps(m) {
+            return false;
+        }
+        let seen = self.rx.seen.contains(id);
+        if !seen && self.rx.done.contains(id) {
+            // Abandoned by the sender before it arrived: never delivered.
+            return true;
+        }
+        let duplicate_delivery = seen;
+        if seen && (m.guarantee == Guarantee::ExactlyOnce || m.chan_seq.is_some()) {
+            self.stats.duplicates_suppressed += 1;
+            return true;
+        }
+        let payload = match m.fragment {
+            Some(frag) => {
+                let budget = self
+                    .config
+                    .recv_buffer_bytes
+                    .saturating_sub(self.rx.buffered_bytes());
+                match self
+                    .rx
+                    .reassembly
+                    .on_fragment(now, Space::Reliable, m, frag, budget)
+                {
+                    FragmentOutcome::Stored => {
+                        self.arm_reassembly_timer();
+                        return true;
+                    }
+                    FragmentOutcome::Duplicate => return true,
+                    FragmentOutcome::Conflict => {
+                        self.stats.dropped_malformed += 1;
+                        return true;
+                    }
+                    FragmentOutcome::NoRoom => return false,
+                    FragmentOutcome::Complete(_, data) => data,
+                }
+            }
+            None => {
+                if !self.room_for(m.payload.len()) {
+                    return false;
+                }
+                let mut buf = self.take_buffer(m.payload.len());
+                buf.extend_from_slice(m.payload);
+                buf
+            }
+        };
+        if duplicate_delivery {
+            // At-least-once, unordered: a copy of a message already handed over.
+            self.stats.duplicates_delivered += 1;
+            self.hand_over(id, m.channel, m.guarantee, false, payload, false);
+            return true;
+        }
+        let _ = self.rx.seen.insert(id);
+        if let Some(pos) = self.rx.rejects.iter().position(|&r| r == id) {
+            self.rx.rejects.swap_remove(pos);
+        }
+        match m.chan_seq {
+            None => self.hand_over(id, m.channel, m.guarantee, false, payload, true),
+            Some(seq) => self.offer_ordered(id, m.channel, seq, m.guarantee, payload),
+        }
+        true
+    }
+
+    fn channel_mut(&mut self, channel: u8) -> &mut OrderedChannel {
+        self.rx.channels[channel as usize].get_or_insert_with(Box::default)
+    }
+
+    fn offer_ordered(
+        &mut self,
+        id: u64,
+        channel: u8,
+        seq: u64,
+        guarantee: Guarantee,
+        payload: Vec<u8>,
+    ) {
+        if self.channel_mut(channel).is_past(seq) {
+            // Delivered before and rejected by the application: deliver the new copy now.
+            self.hand_over(id, channel, guarantee, true, payload, true);
+            return;
+        }
+        let mut ready = std::mem::take(&mut self.held_scratch);
+        let item = Held::Message {
+            id,
+            guarantee,
+            payload,
+        };
+        self.channel_mut(channel)
+            .offer(seq, item, |h| ready.push(h));
+        for h in ready.drain(..) {
+            if let Held::Message {
+                id,
+                guarantee,
+                payload,
+            } = h
+            {
+                self.hand_over(id, channel, guarantee, true, payload, true);
+            }
+        }
+        self.held_scratch = ready;
+    }
+
+    /// Queues a message for the application. `completes`: this is the reliable message's
+    /// first hand-over, which in acknowledge-on-receipt mode makes it complete.
+    fn hand_over(
+        &mut self,
+        id: u64,
+        channel: u8,
+        guarantee: Guarantee,
+        ordered: bool,
+        payload: Vec<u8>,
+        completes: bool,
+    ) {
+        let after_processing = self.config.ack_mode == AckMode::AfterProcessing;
+        let token = match &self.token_sink {
+            Some(sink) if after_processing && guarantee.is_reliable() => Some(AckToken {
+                id,
+                sink: Some(sink.clone()),
+            }),
+            _ => None,
+        };
+        log::trace!("conn {}: deliver {guarantee} id {id}", self.local_cid);
+        self.stats.messages_received += 1;
+        self.rx.queued_bytes += payload.len();
+        self.events.push_back(Event::Message(Received {
+            id: MessageId(id),
+            channel,
+            guarantee,
+            ordered,
+            payload,
+            token,
+        }));
+        if completes && !after_processing {
+            self.mark_complete(id);
+        }
+    }
+
+    /// Reliable message `id` is complete: it moves the cumulative point and is reported.
+    fn mark_complete(&mut self, id: u64) {
+        if self.rx.done.insert(id).is_err() {
+            return;
+        }
+        let cum = self.rx.done.advance_contiguous();
+        self.rx.seen.advance_to(cum);
+        self.rx.limit = self.rx.limit.max(cum + self.config.window);
+        self.rx.msg_ack_dirty = true;
+    }
+
+    /// The application acknowledged a processed message.
+    pub(super) fn rx_complete(&mut self, now: Instant, id: u64) {
+        if !matches!(self.state, State::Established | State::Shutdown) {
+            return;
+        }
+        if id >= self.rx.done.base() && self.rx.seen.contains(id) {
+            self.mark_complete(id);
+            self.schedule_ack(now, false);
+        }
+    }
+
+    /// The application rejected a message (or dropped its token): ask for it again.
+    pub(super) fn rx_reject(&mut self, now: Instant, id: u64) {
+        if !matches!(self.state, State::Established | State::Shutdown) {
+            return;
+        }
+        if id < self.rx.done.base() || self.rx.done.contains(id) {
+            return;
+        }
+        self.stats.rejected += 1;
+        self.rx.seen.remove(id);
+        self.request_again(now, id);
+    }
+
+    fn request_again(&mut self, now: Instant, id: u64) {
+        if !self.rx.rejects.contains(&id) {
+            self.rx.rejects.push(id);
+        }
+        self.rx.reject_dirty = true;
+        self.schedule_ack(now, true);
+    }
+
+    fn on_amo_message(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
+        let id = m.id;
+        if !self.check_fragment_caps(m) {
+            return false;
+        }
+        if id < self.rx.amo.base() || self.rx.amo.contains(id) {
+            // Never sent twice: a copy, or an id given up. Not acknowledged, so the sender
+            // can never count it Delivered on the strength of this packet.
+            self.stats.duplicates_suppressed += 1;
+            return false;
+        }
+        let cap = self.config.amo_window;
+        if id >= self.rx.amo.base() + cap {
+            self.amo_advance(id + 1 - cap);
+        }
+        let payload = match m.fragment {
+            Some(frag) => {
+                let budget = self
+                    .config
+                    .recv_buffer_bytes
+                    .saturating_sub(self.rx.buffered_bytes());
+                match self
+                    .rx
+                    .reassembly
+                    .on_fragment(now, Space::AtMostOnce, m, frag, budget)
+                {
+                    FragmentOutcome::Stored => {
+                        self.arm_reassembly_timer();
+                        return true;
+                    }
+                    FragmentOutcome::Duplicate | FragmentOutcome::Conflict => return false,
+                    FragmentOutcome::NoRoom => return false,
+                    FragmentOutcome::Complete(_, data) => data,
+                }
+            }
+            None => {
+                if !self.room_for(m.payload.len()) {
+                    return false;
+                }
+                let mut buf = self.take_buffer(m.payload.len());
+                buf.extend_from_slice(m.payload);
+                buf
+            }
+        };
+        let _ = self.rx.amo.insert(id);
+        self.hand_over(id, m.channel, Guarantee::AtMostOnce, false, payload, false);
+        true
+    }
+
+    /// Moves the at-most-once window to `floor`, counting the ids passed over as lost.
+    fn amo_advance(&mut self, floor: u64) {
+        if floor <= self.rx.amo.base() {
+            return;
+        }
+        let gaps = self.rx.amo.advance_to(floor);
+        self.rx
+            .reassembly
+            .remove_below(Space::AtMostOnce, floor, |_| {});
+        self.report_gaps(gaps);
+    }
+
+    fn report_gaps(&mut self, count: u64) {
+        if count > 0 {
+            self.stats.amo_gaps += count;
+            log::debug!("conn {}: {count} at-most-once messages lost", self.local_cid);
+            self.events.push_back(Event::Lost { count });
+        }
+    }
+
+    fn on_amo_floor(&mut self, _now: Instant, floor: u64) {
+        self.amo_advance(floor);
+    }
+
+    /// The sender abandoned a reliable message. Returns whether the entry took effect.
+    fn on_forward_entry(&mut self, now: Instant, e: wire::ForwardEntry) -> bool {
+        let base = self.rx.done.base();
+        if e.id < base {
+            return true;
+        }
+        if e.id >= base + self.config.window {
+            return false;
+        }
+        if self.rx.seen.contains(e.id) || self.rx.done.contains(e.id) {
+            // Already here (it will complete normally) or already skipped.
+            return true;
+        }
+        self.rx.reassembly.remove(Space::Reliable, e.id);
+        if let Some(pos) = self.rx.rejects.iter().position(|&r| r == e.id) {
+            self.rx.rejects.swap_remove(pos);
+        }
+        if let Some((channel, seq)) = e.ordered {
+            let mut ready = std::mem::take(&mut self.held_scratch);
+            self.channel_mut(channel)
+                .offer(seq, Held::Skip, |h| ready.push(h));
+            for h in ready.drain(..) {
+                if let Held::Message {
+                    id,
+                    guarantee,
+                    payload,
+                } = h
+                {
+                    self.hand_over(id, channel, guarantee, true, payload, true);
+                }
+            }
+            self.held_scratch = ready;
+        }
+        self.mark_complete(e.id);
+        self.schedule_ack(now, false);
+        true
+    }
+
+    pub(super) fn arm_reassembly_timer(&mut self) {
+        let t = self.rx.reassembly.next_expiry(self.config.reassembly_timeout);
+        self.timers.set_opt(Timer::Reassembly, t);
+    }
+
+    pub(super) fn rx_expire_reassembly(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        self.rx
+            .reassembly
+            .expire(now, self.config.reassembly_timeout, |d| gone.push(d));
+        for d in gone {
+            log::debug!("conn {}: partial message {} expired", self.local_cid, d.id);
+            match d.space {
+                Space::Reliable => self.request_again(now, d.id),
+                Space::AtMostOnce => {
+                    // Dead: later fragments of it are refused, so it can never be reported
+                    // Delivered; it is counted lost now.
+                    if self.rx.amo.insert(d.id).is_ok() {
+                        self.report_gaps(1);
+                    }
+                }
+            }
+        }
+        self.arm_reassembly_timer();
+    }
+
+    /// A `Message` event was taken by the application.
+    pub(super) fn on_event_taken(&mut self, ev: &Event) {
+        if let Event::Message(m) = ev {
+            self.rx.queued_bytes = self.rx.queued_bytes.saturating_sub(m.payload.len());
+        }
+    }
+}

@@ -1,0 +1,673 @@
+//! The sending side: accepting messages, processing the peer's ACK and MSG_ACK frames, loss
+//! detection and probe timeouts (RFC 9002 section 6), retransmission, and giving up
+//! (Undeliverable) with a reason.
+
+use std::cmp::Reverse;
+use std::time::Instant;
+
+use super::ledger::{carried, SentFrame, SentPacket};
+use super::{fragment_chunk, Connection, State};
+use crate::error::{DatagramError, SendError};
+use crate::event::{Event, UndeliverableReason};
+use crate::message::{Guarantee, SendOptions};
+use crate::rtt::backoff;
+use crate::seq::{MessageId, MAX_SEQ};
+use crate::timer::Timer;
+use crate::wire::{AckFrame, ForwardEntry, MsgAckFrame};
+
+/// Where one fragment of a reliable message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum FragState {
+    /// Waiting to be sent (for the first time or again).
+    Queued,
+    /// Sent in this packet, not yet acknowledged or declared lost.
+    InFlight(u64),
+    /// Its packet was acknowledged: the receiver holds it.
+    Received,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Frag {
+    pub state: FragState,
+    pub retransmits: u32,
+}
+
+/// A reliable message awaiting its outcome.
+#[derive(Debug)]
+pub(super) struct OutMsg {
+    pub payload: Vec<u8>,
+    pub guarantee: Guarantee,
+    pub channel: u8,
+    pub chan_seq: Option<u64>,
+    pub queued_at: Instant,
+    pub deadline: Option<Instant>,
+    pub max_retransmits: u32,
+    /// Fragment count (1 = not fragmented).
+    pub count: u32,
+    pub frags: Vec<Frag>,
+}
+
+/// An at-most-once message awaiting its outcome.
+#[derive(Debug)]
+pub(super) struct AmoOut {
+    pub payload: Vec<u8>,
+    pub channel: u8,
+    pub queued_at: Instant,
+    pub deadline: Option<Instant>,
+    pub count: u32,
+    /// Fragments acknowledged.
+    pub acked: u32,
+    /// Fragments sent.
+    pub sent: u32,
+}
+
+/// Number of fragments for a payload of `len` bytes.
+pub(super) fn fragment_count(len: usize, max_datagram_size: usize) -> u32 {
+    let chunk = fragment_chunk(max_datagram_size);
+    if len <= chunk {
+        1
+    } else {
+        len.div_ceil(chunk) as u32
+    }
+}
+
+impl Connection {
+    pub(super) fn send_message(
+        &mut self,
+        now: Instant,
+        payload: &[u8],
+        opts: SendOptions,
+    ) -> Result<MessageId, SendError> {
+        if self.state != State::Established {
+            return Err(SendError::Closed);
+        }
+        let max = self.config.max_message_size;
+        if payload.len() > max {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                max,
+            });
+        }
+        if opts.ordered && !opts.guarantee.is_reliable() {
+            return Err(SendError::OrderedAtMostOnce);
+        }
+        if self.pending_messages >= self.config.max_pending_messages
+            || self.pending_bytes + payload.len() > self.config.send_buffer_bytes
+        {
+            return Err(SendError::Backpressure);
+        }
+        let count = fragment_count(payload.len(), self.config.max_datagram_size);
+        let deadline = opts
+            .deadline
+            .or(self.config.default_deadline)
+            .map(|d| now + d);
+        let mut buf = self.take_buffer(payload.len());
+        buf.extend_from_slice(payload);
+        let reliable = opts.guarantee.is_reliable();
+        let id = if reliable {
+            let id = self.out_base + self.outbox.len() as u64;
+            if id >= MAX_SEQ {
+                self.give_buffer(buf);
+                return Err(SendError::IdsExhausted);
+            }
+            let chan_seq = opts.ordered.then(|| {
+                let s = &mut self.chan_seq[opts.channel as usize];
+                *s += 1;
+                *s - 1
+            });
+            let frags = vec![
+                Frag {
+                    state: FragState::Queued,
+                    retransmits: 0,
+                };
+                count as usize
+            ];
+            self.outbox.push_back(Some(OutMsg {
+                payload: buf,
+                guarantee: opts.guarantee,
+                channel: opts.channel,
+                chan_seq,
+                queued_at: now,
+                deadline,
+                max_retransmits: opts
+                    .max_retransmits
+                    .unwrap_or(self.config.default_max_retransmits),
+                count,
+                frags,
+            }));
+            id
+        } else {
+            let id = self.amo_base + self.amo_out.len() as u64;
+            if id >= MAX_SEQ {
+                self.give_buffer(buf);
+                return Err(SendError::IdsExhausted);
+            }
+            self.amo_out.push_back(Some(AmoOut {
+                payload: buf,
+                channel: opts.channel,
+                queued_at: now,
+                deadline,
+                count,
+                acked: 0,
+                sent: 0,
+            }));
+            id
+        };
+        if let Some(d) = deadline {
+            self.deadlines.push(Reverse((d, reliable, id)));
+            self.arm_deadline_timer();
+        }
+        self.pending_messages += 1;
+        self.pending_bytes += payload.len();
+        self.stats.messages_sent += 1;
+        log::trace!(
+            "conn {}: send {} id {id} ({} bytes, {count} fragments)",
+            self.local_cid,
+            opts.guarantee,
+            payload.len()
+        );
+        Ok(MessageId(id))
+    }
+
+    pub(super) fn outbox_get_mut(&mut self, id: u64) -> Option<&mut OutMsg> {
+        let idx = usize::try_from(id.checked_sub(self.out_base)?).ok()?;
+        self.outbox.get_mut(idx)?.as_mut()
+    }
+
+    pub(super) fn outbox_get(&self, id: u64) -> Option<&OutMsg> {
+        let idx = usize::try_from(id.checked_sub(self.out_base)?).ok()?;
+        self.outbox.get(idx)?.as_ref()
+    }
+
+    pub(super) fn amo_get_mut(&mut self, id: u64) -> Option<&mut AmoOut> {
+        let idx = usize::try_from(id.checked_sub(self.amo_base)?).ok()?;
+        self.amo_out.get_mut(idx)?.as_mut()
+    }
+
+    /// Takes a reliable message out of the outbox (it has an outcome).
+    fn take_out(&mut self, id: u64) -> Option<OutMsg> {
+        let idx = usize::try_from(id.checked_sub(self.out_base)?).ok()?;
+        let msg = self.outbox.get_mut(idx)?.take()?;
+        while let Some(None) = self.outbox.front() {
+            self.outbox.pop_front();
+            self.out_base += 1;
+        }
+        self.pending_messages -= 1;
+        self.pending_bytes -= msg.payload.len();
+        Some(msg)
+    }
+
+    fn take_amo(&mut self, id: u64) -> Option<AmoOut> {
+        let idx = usize::try_from(id.checked_sub(self.amo_base)?).ok()?;
+        let msg = self.amo_out.get_mut(idx)?.take()?;
+        self.pending_messages -= 1;
+        self.pending_bytes -= msg.payload.len();
+        let before = self.amo_base;
+        while let Some(None) = self.amo_out.front() {
+            self.amo_out.pop_front();
+            self.amo_base += 1;
+        }
+        if self.amo_base != before {
+            self.amo_floor_dirty = true;
+        }
+        Some(msg)
+    }
+
+    /// Reports a message Delivered.
+    fn deliver_outcome(&mut self, now: Instant, id: u64, guarantee: Guarantee, queued_at: Instant) {
+        self.stats.delivered += 1;
+        self.stats.latency.record(now.saturating_duration_since(queued_at));
+        self.events.push_back(Event::Delivered {
+            id: MessageId(id),
+            guarantee,
+        });
+    }
+
+    fn undeliverable(
+        &mut self,
+        id: u64,
+        guarantee: Guarantee,
+        reason: UndeliverableReason,
+        payload: Vec<u8>,
+    ) {
+        log::debug!(
+            "conn {}: {guarantee} id {id} undeliverable: {reason}",
+            self.local_cid
+        );
+        self.stats.undeliverable += 1;
+        self.events.push_back(Event::Undeliverable {
+            id: MessageId(id),
+            guarantee,
+            reason,
+            payload,
+        });
+    }
+
+    /// The peer confirmed reliable message `id`.
+    fn complete_reliable(&mut self, now: Instant, id: u64) {
+        if let Some(msg) = self.take_out(id) {
+            self.deliver_outcome(now, id, msg.guarantee, msg.queued_at);
+            self.give_buffer(msg.payload);
+        }
+    }
+
+    /// Gives up on reliable message `id` and tells the peer to stop waiting for it.
+    pub(super) fn abandon_reliable(&mut self, id: u64, reason: UndeliverableReason) {
+        let Some(msg) = self.take_out(id) else {
+            return;
+        };
+        if self.state != State::Closed && self.state != State::Draining {
+            self.forward.push(ForwardEntry {
+                id,
+                ordered: msg.chan_seq.map(|s| (msg.channel, s)),
+            });
+            self.forward_dirty = true;
+        }
+        self.undeliverable(id, msg.guarantee, reason, msg.payload);
+    }
+
+    fn abandon_amo(&mut self, id: u64, reason: UndeliverableReason) {
+        if let Some(msg) = self.take_amo(id) {
+            self.undeliverable(id, Guarantee::AtMostOnce, reason, msg.payload);
+        }
+    }
+
+    /// Every pending message ends Undeliverable with `reason` (the connection is ending).
+    pub(super) fn fail_all_pending(&mut self, reason: UndeliverableReason) {
+        for id in self.out_base..self.out_base + self.outbox.len() as u64 {
+            self.abandon_reliable(id, reason);
+        }
+        for id in self.amo_base..self.amo_base + self.amo_out.len() as u64 {
+            self.abandon_amo(id, reason);
+        }
+        self.retx.clear();
+        self.deadlines.clear();
+        debug_assert_eq!(self.pending_messages, 0);
+        debug_assert_eq!(self.pending_bytes, 0);
+    }
+
+    /// Sends fragment `frag` of reliable message `id` again, unless its budget is spent.
+    /// `expected` is the state it must still be in (so that a fragment is queued only once).
+    fn requeue(&mut self, id: u64, frag: u32, only_if: impl Fn(FragState) -> bool) {
+        let Some(msg) = self.outbox_get_mut(id) else {
+            return;
+        };
+        let Some(f) = msg.frags.get_mut(frag as usize) else {
+            return;
+        };
+        if !only_if(f.state) {
+            return;
+        }
+        if f.retransmits >= msg.max_retransmits {
+            self.abandon_reliable(id, UndeliverableReason::RetriesExhausted);
+            return;
+        }
+        f.retransmits += 1;
+        f.state = FragState::Queued;
+        self.retx.push_back((id, frag));
+        self.stats.retransmissions += 1;
+    }
+
+    // ---------------------------------------------------------------- deadlines
+
+    pub(super) fn arm_deadline_timer(&mut self) {
+        // Drop stale entries from the top so the timer names a live deadline, and rebuild
+        // the heap when stale entries dominate, so it stays proportional to pending messages.
+        if self.deadlines.len() > 64 && self.deadlines.len() > 2 * self.pending_messages {
+            let all = std::mem::take(&mut self.deadlines).into_vec();
+            let live: Vec<_> = all
+                .into_iter()
+                .filter(|Reverse((d, rel, id))| self.deadline_is_live(*d, *rel, *id))
+                .collect();
+            self.deadlines = live.into();
+        }
+        while let Some(Reverse((d, rel, id))) = self.deadlines.peek().copied() {
+            if self.deadline_is_live(d, rel, id) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+        let next = self.deadlines.peek().map(|Reverse((d, _, _))| *d);
+        self.timers.set_opt(Timer::Deadline, next);
+    }
+
+    fn deadline_is_live(&self, d: Instant, reliable: bool, id: u64) -> bool {
+        if reliable {
+            self.outbox_get(id).is_some_and(|m| m.deadline == Some(d))
+        } else {
+            let idx = id.checked_sub(self.amo_base).map(|i| i as usize);
+            idx.and_then(|i| self.amo_out.get(i))
+                .and_then(|m| m.as_ref())
+                .is_some_and(|m| m.deadline == Some(d))
+        }
+    }
+
+    pub(super) fn expire_deadlines(&mut self, now: Instant) {
+        while let Some(Reverse((d, rel, id))) = self.deadlines.peek().copied() {
+            if d > now {
+                break;
+            }
+            self.deadlines.pop();
+            if !self.deadline_is_live(d, rel, id) {
+                continue;
+            }
+            if rel {
+                self.abandon_reliable(id, UndeliverableReason::DeadlinePassed);
+            } else {
+                self.abandon_amo(id, UndeliverableReason::DeadlinePassed);
+            }
+        }
+        self.arm_deadline_timer();
+        self.maybe_finish_shutdown(now);
+    }
+
+    // ---------------------------------------------------------------- acknowledgements
+
+    /// Processes an ACK frame: packets the peer received.
+    pub(super) fn on_ack_frame(
+        &mut self,
+        now: Instant,
+        ack: &AckFrame<'_>,
+    ) -> Result<(), DatagramError> {
+        if ack.largest >= self.ledger.next_pn() {
+            return Err(self.protocol_violation(now, "ACK of a packet never sent"));
+        }
+        let base = self.ledger.base_pn();
+        let mut newly = std::mem::take(&mut self.scratch);
+        newly.clear();
+        for r in ack.ranges() {
+            let start = r.start.max(base);
+            if start >= r.end {
+                continue;
+            }
+            self.acked_pns.insert_with_new(start..r.end, |n| newly.push(n));
+        }
+        let mut largest_newly_acked = None;
+        for r in &newly {
+            for pn in r.clone() {
+                if let Some(pkt) = self.on_packet_acked(now, pn) {
+                    if pn == ack.largest {
+                        largest_newly_acked = Some(pkt);
+                    }
+                }
+            }
+        }
+        let any_new = !newly.is_empty();
+        self.scratch = newly;
+        if self.largest_acked.is_none_or(|l| ack.largest > l) {
+            self.largest_acked = Some(ack.largest);
+        }
+        if let Some(pkt) = largest_newly_acked {
+            if pkt.ack_eliciting {
+                let sample = now.saturating_duration_since(pkt.time);
+                let delay = std::time::Duration::from_micros(ack.ack_delay_us);
+                self.rtt.update(sample, delay, self.config.max_ack_delay);
+            }
+        }
+        if any_new {
+            self.pto_count = 0;
+        }
+        self.detect_lost(now);
+        self.ledger.pop_settled();
+        self.acked_pns.remove_below(self.ledger.base_pn());
+        self.set_loss_timer();
+        if self.state == State::Closing && self.close_acked {
+            self.enter_closed(now);
+        }
+        Ok(())
+    }
+
+    /// A packet was acknowledged for the first time. Returns it as it was.
+    fn on_packet_acked(&mut self, now: Instant, pn: u64) -> Option<SentPacket> {
+        let pkt = *self.ledger.get(pn)?;
+        if !pkt.lost {
+            self.ledger.settle(pn, false)?;
+            if pkt.in_flight {
+                self.cc
+                    .on_packet_acked(now, pkt.time, u64::from(pkt.size), &self.rtt);
+            }
+        }
+        // Spurious losses still tell us the fragments arrived.
+        let mut frames = std::mem::take(&mut self.frame_scratch);
+        frames.clear();
+        frames.extend(self.ledger.frames_of(&pkt));
+        for f in &frames {
+            match *f {
+                SentFrame::Reliable { id, frag } => {
+                    if let Some(msg) = self.outbox_get_mut(id) {
+                        if let Some(fr) = msg.frags.get_mut(frag as usize) {
+                            if fr.state == FragState::InFlight(pn) {
+                                fr.state = FragState::Received;
+                            }
+                        }
+                    }
+                }
+                SentFrame::Amo { id, frag: _ } => {
+                    if pkt.lost {
+                        continue;
+                    }
+                    let done = match self.amo_get_mut(id) {
+                        Some(m) => {
+                            m.acked += 1;
+                            m.acked == m.count
+                        }
+                        None => false,
+                    };
+                    if done {
+                        if let Some(m) = self.take_amo(id) {
+                            self.deliver_outcome(now, id, Guarantee::AtMostOnce, m.queued_at);
+                            self.give_buffer(m.payload);
+                        }
+                    }
+                }
+            }
+        }
+        self.frame_scratch = frames;
+        if pkt.carried & carried::AMO_FLOOR != 0 {
+            self.amo_floor_acked = self.amo_floor_acked.max(pkt.amo_floor);
+        }
+        if pkt.carried & carried::CLOSE != 0 {
+            self.close_acked = true;
+        }
+        Some(pkt)
+    }
+
+    /// RFC 9002 section 6.1: packet and time thresholds.
+    fn detect_lost(&mut self, now: Instant) {
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
+        self.loss_time = None;
+        let delay = self.rtt.loss_delay(self.config.timer_granularity);
+        let threshold = self.config.packet_threshold;
+        let mut lost = std::mem::take(&mut self.scratch);
+        lost.clear();
+        let mut loss_time: Option<Instant> = None;
+        for (pn, pkt) in self.ledger.unsettled_below(largest) {
+            if largest - pn >= threshold || pkt.time + delay <= now {
+                lost.push(pn..pn + 1);
+            } else {
+                let t = pkt.time + delay;
+                loss_time = Some(loss_time.map_or(t, |l: Instant| l.min(t)));
+            }
+        }
+        self.loss_time = loss_time;
+        for r in &lost {
+            self.on_packet_lost(now, r.start);
+        }
+        lost.clear();
+        self.scratch = lost;
+    }
+
+    fn on_packet_lost(&mut self, now: Instant, pn: u64) {
+        let Some(pkt) = self.ledger.settle(pn, true) else {
+            return;
+        };
+        log::trace!("conn {}: packet {pn} lost", self.local_cid);
+        self.stats.packets_lost += 1;
+        if pkt.in_flight {
+            self.cc.on_congestion_event(now, pkt.time, false);
+        }
+        self.requeue_frames(pn, &pkt, true);
+    }
+
+    /// Queues again what a packet carried: fragments still in flight in it, and control
+    /// frames (re-sent from current state).
+    fn requeue_frames(&mut self, pn: u64, pkt: &SentPacket, lost: bool) {
+        let mut frames = std::mem::take(&mut self.frame_scratch);
+        frames.clear();
+        frames.extend(self.ledger.frames_of(pkt));
+        for f in &frames {
+            match *f {
+                SentFrame::Reliable { id, frag } => {
+                    self.requeue(id, frag, |s| s == FragState::InFlight(pn));
+                }
+                SentFrame::Amo { id, .. } => {
+                    if lost {
+                        self.abandon_amo(id, UndeliverableReason::Lost);
+                    }
+                }
+            }
+        }
+        self.frame_scratch = frames;
+        let c = pkt.carried;
+        if c & carried::MSG_ACK != 0 {
+            self.rx.msg_ack_dirty = true;
+        }
+        if c & carried::FORWARD != 0 && !self.forward.is_empty() {
+            self.forward_dirty = true;
+        }
+        if c & carried::REJECT != 0 && !self.rx.rejects.is_empty() {
+            self.rx.reject_dirty = true;
+        }
+        if c & carried::AMO_FLOOR != 0 && self.amo_floor_acked < self.amo_base {
+            self.amo_floor_dirty = true;
+        }
+        if c & carried::CLOSE != 0 && self.state == State::Closing {
+            self.close_pending = true;
+        }
+    }
+
+    /// Sets the loss-detection timer: a time-threshold loss, or the probe timeout.
+    pub(super) fn set_loss_timer(&mut self) {
+        if let Some(t) = self.loss_time {
+            self.timers.set(Timer::Loss, t);
+            return;
+        }
+        if self.ledger.eliciting_in_flight == 0 {
+            self.timers.stop(Timer::Loss);
+            return;
+        }
+        let base = self.rtt.pto(
+            self.config.timer_granularity,
+            self.config.max_ack_delay,
+            self.config.min_rto,
+        );
+        let pto = backoff(base, self.pto_count, self.config.max_rto);
+        let from = self.ledger.last_eliciting_sent.unwrap_or(self.last_sent);
+        self.timers.set(Timer::Loss, from + pto);
+    }
+
+    pub(super) fn on_loss_timer(&mut self, now: Instant) {
+        if self.loss_time.is_some() {
+            self.detect_lost(now);
+            self.ledger.pop_settled();
+            self.set_loss_timer();
+            return;
+        }
+        if self.ledger.eliciting_in_flight == 0 {
+            return;
+        }
+        // Probe timeout: send one or two ack-eliciting packets, preferably carrying the oldest
+        // unacknowledged data again.
+        self.pto_count += 1;
+        self.stats.probes += 1;
+        self.probes_pending = 2;
+        log::trace!("conn {}: probe timeout #{}", self.local_cid, self.pto_count);
+        if let Some((pn, pkt)) = self.ledger.oldest_unsettled().map(|(pn, p)| (pn, *p)) {
+            let before = self.retx.len();
+            self.requeue_frames(pn, &pkt, false);
+            if self.retx.len() == before {
+                self.ping_pending = true;
+            }
+        } else {
+            self.ping_pending = true;
+        }
+        self.set_loss_timer();
+        // The budget may have ended messages.
+        self.maybe_finish_shutdown(now);
+    }
+
+    /// Processes a MSG_ACK frame: reliable messages the peer completed, and its flow credit.
+    pub(super) fn on_msg_ack_frame(
+        &mut self,
+        now: Instant,
+        f: &MsgAckFrame<'_>,
+    ) -> Result<(), DatagramError> {
+        let next_id = self.out_base + self.outbox.len() as u64;
+        let highest = f.ranges().last().map_or(f.cumulative, |r| r.end);
+        if f.cumulative > next_id || highest > next_id {
+            return Err(self.protocol_violation(now, "MSG_ACK of a message never sent"));
+        }
+        if f.limit > self.peer_limit {
+            self.peer_limit = f.limit;
+            if !self.forward.is_empty() {
+                self.forward_dirty = true;
+            }
+        }
+        while self.out_base < f.cumulative {
+            match self.outbox.pop_front() {
+                Some(Some(msg)) => {
+                    let id = self.out_base;
+                    self.out_base += 1;
+                    self.pending_messages -= 1;
+                    self.pending_bytes -= msg.payload.len();
+                    self.deliver_outcome(now, id, msg.guarantee, msg.queued_at);
+                    self.give_buffer(msg.payload);
+                }
+                Some(None) => self.out_base += 1,
+                None => break,
+            }
+        }
+        while let Some(None) = self.outbox.front() {
+            self.outbox.pop_front();
+            self.out_base += 1;
+        }
+        let mut newly = std::mem::take(&mut self.scratch);
+        newly.clear();
+        for r in f.ranges() {
+            let start = r.start.max(self.out_base);
+            if start < r.end {
+                self.msg_acked.insert_with_new(start..r.end, |n| newly.push(n));
+            }
+        }
+        for r in &newly {
+            for id in r.clone() {
+                self.complete_reliable(now, id);
+            }
+        }
+        newly.clear();
+        self.scratch = newly;
+        self.msg_acked.remove_below(self.out_base);
+        let cum = f.cumulative;
+        let acked = &self.msg_acked;
+        self.forward
+            .retain(|e| e.id >= cum && !acked.contains(e.id));
+        if self.forward.is_empty() {
+            self.forward_dirty = false;
+        }
+        self.maybe_finish_shutdown(now);
+        Ok(())
+    }
+
+    /// Processes a REJECT frame: the peer wants these messages again.
+    pub(super) fn on_reject_id(&mut self, id: u64) {
+        let count = match self.outbox_get(id) {
+            Some(m) => m.count,
+            None => return,
+        };
+        for frag in 0..count {
+            self.requeue(id, frag, |s| s == FragState::Received);
+        }
+    }
+}

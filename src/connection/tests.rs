@@ -1,0 +1,1 @@
+//! Connection unit tests (scenario tests live in tests/).

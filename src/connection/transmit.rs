@@ -1,0 +1,452 @@
+//! Building datagrams: acknowledgements and control frames first, then retransmissions, then
+//! new messages (oldest first across both id spaces), coalesced up to the datagram size.
+
+use std::time::Instant;
+
+use super::ledger::{carried, SentFrame};
+use super::send::FragState;
+use super::{Connection, State};
+use crate::message::Guarantee;
+use crate::seq::PacketNumber;
+use crate::wire::{self, CloseFrame, ForwardEntry, Fragment, Frame, Header, MessageFrame, PacketType, Writer};
+
+/// Which queue the next message fragment comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Retransmit,
+    NewReliable,
+    NewAmo,
+}
+
+impl Connection {
+    /// Writes the next datagram to send into `buf` and returns its length, or `None` when
+    /// there is nothing to send now. Call repeatedly until `None`. `buf` must hold at least
+    /// [`Config::max_datagram_size`](crate::Config::max_datagram_size) bytes.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        self.drain_tokens(now);
+        let mds = self.config.max_datagram_size;
+        if buf.len() < mds {
+            return None;
+        }
+        let sends_data = matches!(self.state, State::Established | State::Shutdown);
+        let ack_now = self.rx.ack_pending && self.rx.ack_due;
+        let control = match self.state {
+            State::Established | State::Shutdown => {
+                self.rx.msg_ack_dirty
+                    || self.forward_dirty
+                    || self.rx.reject_dirty
+                    || (self.amo_floor_dirty && self.amo_base > self.amo_floor_acked)
+                    || self.ping_pending
+                    || self.probes_pending > 0
+            }
+            State::Closing => self.close_pending,
+            State::Draining | State::Closed => false,
+        };
+        let cwnd_open = self.ledger.bytes_in_flight + mds as u64 <= self.cc.window()
+            || self.probes_pending > 0;
+        let data = sends_data && cwnd_open && self.has_data();
+        if !(ack_now || control || data) {
+            return None;
+        }
+
+        let pn = self.ledger.next_pn();
+        let tag_len = self.integrity.tag_len();
+        let mut w = Writer::new(&mut buf[..mds - tag_len]);
+        let header = Header {
+            packet_type: PacketType::Data,
+            conn_id: self.remote_cid,
+            packet_number: PacketNumber(pn).truncate(),
+        };
+        header.emit(&mut w).ok()?;
+        let mut carried_flags = 0u8;
+        let mut eliciting = false;
+        let mut floor_sent = 0;
+
+        // Acknowledgements ride on every packet when something is unacknowledged.
+        if self.rx.ack_pending {
+            self.write_ack(now, &mut w);
+        }
+        if self.state != State::Draining
+            && (self.rx.msg_ack_dirty || (self.state == State::Closing && self.close_pending))
+            && self.write_msg_ack(&mut w)
+        {
+            carried_flags |= carried::MSG_ACK;
+            eliciting = true;
+        }
+        if sends_data {
+            if self.forward_dirty && self.write_forward(&mut w) {
+                carried_flags |= carried::FORWARD;
+                eliciting = true;
+            }
+            if self.rx.reject_dirty && self.write_reject(&mut w) {
+                carried_flags |= carried::REJECT;
+                eliciting = true;
+            }
+            if self.amo_floor_dirty && self.amo_base > self.amo_floor_acked {
+                let f = Frame::AmoFloor {
+                    floor: self.amo_base,
+                };
+                if f.emit(&mut w).is_ok() {
+                    self.amo_floor_dirty = false;
+                    floor_sent = self.amo_base;
+                    carried_flags |= carried::AMO_FLOOR;
+                    eliciting = true;
+                }
+            }
+        }
+        if self.state == State::Closing && self.close_pending {
+            let (code, reason) = self.close_frame;
+            let f = Frame::Close(CloseFrame {
+                code,
+                reason: reason.as_bytes(),
+            });
+            if f.emit(&mut w).is_ok() {
+                self.close_pending = false;
+                carried_flags |= carried::CLOSE;
+                eliciting = true;
+            }
+        }
+        if data {
+            eliciting |= self.write_messages(pn, &mut w);
+        }
+        if sends_data && !eliciting && (self.ping_pending || self.probes_pending > 0) {
+            if Frame::Ping.emit(&mut w).is_ok() {
+                carried_flags |= carried::PING;
+                eliciting = true;
+            }
+        }
+        let len = w.position();
+        if len <= wire::HEADER_LEN {
+            return None;
+        }
+        let total = wire::seal(buf, len, &*self.integrity).ok()?;
+        if eliciting {
+            self.ping_pending = false;
+            self.probes_pending = self.probes_pending.saturating_sub(1);
+            self.cc.on_packet_sent(now, total as u64);
+        }
+        self.ledger
+            .finish_packet(now, total as u32, eliciting, carried_flags, floor_sent);
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += total as u64;
+        self.last_sent = now;
+        self.arm_keepalive();
+        if eliciting {
+            self.set_loss_timer();
+        }
+        log::trace!(
+            "conn {}: sent packet {pn} ({total} bytes{})",
+            self.local_cid,
+            if eliciting { ", ack-eliciting" } else { "" }
+        );
+        Some(total)
+    }
+
+    /// Whether a message fragment is waiting to be sent and allowed by the windows.
+    fn has_data(&mut self) -> bool {
+        self.skip_stale_retx();
+        !self.retx.is_empty() || self.next_reliable().is_some() || self.next_amo().is_some()
+    }
+
+    fn skip_stale_retx(&mut self) {
+        while let Some(&(id, frag)) = self.retx.front() {
+            let live = self
+                .outbox_get(id)
+                .and_then(|m| m.frags.get(frag as usize))
+                .is_some_and(|f| f.state == FragState::Queued);
+            if live {
+                break;
+            }
+            self.retx.pop_front();
+        }
+    }
+
+    /// The next never-sent reliable fragment within the peer's credit.
+    fn next_reliable(&mut self) -> Option<(u64, u32)> {
+        let (mut id, mut frag) = self.cursor;
+        if id < self.out_base {
+            (id, frag) = (self.out_base, 0);
+        }
+        loop {
+            let idx = (id - self.out_base) as usize;
+            match self.outbox.get(idx) {
+                None => {
+                    self.cursor = (id, 0);
+                    return None;
+                }
+                Some(None) => {
+                    id += 1;
+                    frag = 0;
+                }
+                Some(Some(m)) => {
+                    if frag >= m.count {
+                        id += 1;
+                        frag = 0;
+                        continue;
+                    }
+                    self.cursor = (id, frag);
+                    return (id < self.peer_limit).then_some((id, frag));
+                }
+            }
+        }
+    }
+
+    /// The next never-sent at-most-once fragment within the dedup window.
+    fn next_amo(&mut self) -> Option<(u64, u32)> {
+        let (mut id, mut frag) = self.amo_cursor;
+        if id < self.amo_base {
+            (id, frag) = (self.amo_base, 0);
+        }
+        loop {
+            let idx = (id - self.amo_base) as usize;
+            match self.amo_out.get(idx) {
+                None => {
+                    self.amo_cursor = (id, 0);
+                    return None;
+                }
+                Some(None) => {
+                    id += 1;
+                    frag = 0;
+                }
+                Some(Some(m)) => {
+                    if frag >= m.count {
+                        id += 1;
+                        frag = 0;
+                        continue;
+                    }
+                    self.amo_cursor = (id, frag);
+                    return (id < self.amo_base + self.config.amo_window).then_some((id, frag));
+                }
+            }
+        }
+    }
+
+    fn write_ack(&mut self, now: Instant, w: &mut Writer<'_>) {
+        let delay_us = self
+            .rx
+            .largest
+            .map_or(0, |(_, t)| now.saturating_duration_since(t).as_micros() as u64);
+        let mut n = wire::MAX_ACK_RANGES;
+        while n > 0 {
+            let ranges = self.rx.received.iter().rev().take(n);
+            if wire::ack_frame_len(delay_us, ranges.clone()) <= w.remaining() {
+                if wire::emit_ack(w, delay_us, ranges).is_ok() {
+                    self.rx.ack_pending = false;
+                    self.rx.ack_due = false;
+                    self.rx.eliciting_since_ack = 0;
+                    self.timers.stop(crate::timer::Timer::Ack);
+                }
+                return;
+            }
+            n /= 2;
+        }
+    }
+
+    fn write_msg_ack(&mut self, w: &mut Writer<'_>) -> bool {
+        let cum = self.rx.done.base();
+        let limit = self.rx.limit;
+        let mut n = wire::MAX_MSG_ACK_RANGES;
+        loop {
+            let ranges = self.rx.done.set_ranges().take(n);
+            if wire::msg_ack_frame_len(cum, limit, ranges.clone()) <= w.remaining() {
+                if wire::emit_msg_ack(w, cum, limit, ranges).is_ok() {
+                    self.rx.msg_ack_dirty = false;
+                    return true;
+                }
+                return false;
+            }
+            if n == 0 {
+                return false;
+            }
+            n /= 2;
+        }
+    }
+
+    fn write_forward(&mut self, w: &mut Writer<'_>) -> bool {
+        let limit = self.peer_limit;
+        let mut sendable: Vec<ForwardEntry> = std::mem::take(&mut self.forward_scratch);
+        sendable.clear();
+        sendable.extend(self.forward.iter().filter(|e| e.id < limit).copied());
+        while !sendable.is_empty() && wire::forward_frame_len(&sendable) > w.remaining() {
+            sendable.truncate(sendable.len() / 2);
+        }
+        let ok = !sendable.is_empty() && wire::emit_forward(w, &sendable).is_ok();
+        if ok && sendable.len() == self.forward.len() {
+            self.forward_dirty = false;
+        }
+        if self.forward.iter().all(|e| e.id >= limit) {
+            // Nothing sendable until the peer grants more credit.
+            self.forward_dirty = false;
+        }
+        self.forward_scratch = sendable;
+        ok
+    }
+
+    fn write_reject(&mut self, w: &mut Writer<'_>) -> bool {
+        if self.rx.rejects.is_empty() {
+            self.rx.reject_dirty = false;
+            return false;
+        }
+        let mut n = self.rx.rejects.len();
+        while n > 0 && wire::reject_frame_len(&self.rx.rejects[..n]) > w.remaining() {
+            n /= 2;
+        }
+        if n == 0 || wire::emit_reject(w, &self.rx.rejects[..n]).is_err() {
+            return false;
+        }
+        if n == self.rx.rejects.len() {
+            self.rx.reject_dirty = false;
+        }
+        true
+    }
+
+    /// Fills the rest of the packet with message fragments. Returns whether any was written.
+    fn write_messages(&mut self, pn: u64, w: &mut Writer<'_>) -> bool {
+        let mut wrote = false;
+        loop {
+            self.skip_stale_retx();
+            let source = if !self.retx.is_empty() {
+                Source::Retransmit
+            } else {
+                match (self.next_reliable(), self.next_amo()) {
+                    (None, None) => break,
+                    (Some(_), None) => Source::NewReliable,
+                    (None, Some(_)) => Source::NewAmo,
+                    (Some((rid, _)), Some((aid, _))) => {
+                        let rq = self.outbox_get(rid).map(|m| m.queued_at);
+                        let aq = self.amo_peek(aid).map(|m| m.queued_at);
+                        if aq < rq {
+                            Source::NewAmo
+                        } else {
+                            Source::NewReliable
+                        }
+                    }
+                }
+            };
+            let written = match source {
+                Source::Retransmit => {
+                    let (id, frag) = self.retx[0];
+                    let ok = self.write_reliable_fragment(pn, id, frag, w);
+                    if ok {
+                        self.retx.pop_front();
+                    }
+                    ok
+                }
+                Source::NewReliable => {
+                    let (id, frag) = self.cursor;
+                    let ok = self.write_reliable_fragment(pn, id, frag, w);
+                    if ok {
+                        self.cursor = (id, frag + 1);
+                    }
+                    ok
+                }
+                Source::NewAmo => {
+                    let (id, frag) = self.amo_cursor;
+                    let ok = self.write_amo_fragment(id, frag, w);
+                    if ok {
+                        self.amo_cursor = (id, frag + 1);
+                    }
+                    ok
+                }
+            };
+            if !written {
+                break;
+            }
+            wrote = true;
+        }
+        wrote
+    }
+
+    fn write_reliable_fragment(&mut self, pn: u64, id: u64, frag: u32, w: &mut Writer<'_>) -> bool {
+        let Some(idx) = id.checked_sub(self.out_base).map(|i| i as usize) else {
+            return false;
+        };
+        let Some(Some(msg)) = self.outbox.get_mut(idx) else {
+            return false;
+        };
+        let Some(frame) = message_frame(
+            msg.guarantee,
+            msg.channel,
+            id,
+            msg.chan_seq,
+            msg.count,
+            frag,
+            &msg.payload,
+        ) else {
+            return false;
+        };
+        if frame.encoded_len() > w.remaining() || frame.emit(w).is_err() {
+            return false;
+        }
+        msg.frags[frag as usize].state = FragState::InFlight(pn);
+        self.ledger.push_frame(SentFrame::Reliable { id, frag });
+        true
+    }
+
+    fn write_amo_fragment(&mut self, id: u64, frag: u32, w: &mut Writer<'_>) -> bool {
+        let Some(idx) = id.checked_sub(self.amo_base).map(|i| i as usize) else {
+            return false;
+        };
+        let Some(Some(msg)) = self.amo_out.get_mut(idx) else {
+            return false;
+        };
+        let Some(frame) = message_frame(
+            Guarantee::AtMostOnce,
+            msg.channel,
+            id,
+            None,
+            msg.count,
+            frag,
+            &msg.payload,
+        ) else {
+            return false;
+        };
+        if frame.encoded_len() > w.remaining() || frame.emit(w).is_err() {
+            return false;
+        }
+        msg.sent += 1;
+        self.ledger.push_frame(SentFrame::Amo { id, frag });
+        true
+    }
+
+    fn amo_peek(&self, id: u64) -> Option<&super::send::AmoOut> {
+        let idx = id.checked_sub(self.amo_base)? as usize;
+        self.amo_out.get(idx)?.as_ref()
+    }
+}
+
+/// The MESSAGE frame for fragment `frag` of a message cut into `count` fragments.
+fn message_frame<'a>(
+    guarantee: Guarantee,
+    channel: u8,
+    id: u64,
+    chan_seq: Option<u64>,
+    count: u32,
+    frag: u32,
+    payload: &'a [u8],
+) -> Option<MessageFrame<'a>> {
+    if count <= 1 {
+        return Some(MessageFrame {
+            guarantee,
+            channel,
+            id,
+            chan_seq,
+            fragment: None,
+            payload,
+        });
+    }
+    let total_len = payload.len() as u64;
+    let r = Fragment::byte_range(total_len, u64::from(count), u64::from(frag))?;
+    Some(MessageFrame {
+        guarantee,
+        channel,
+        id,
+        chan_seq,
+        fragment: Some(Fragment {
+            total_len,
+            count: u64::from(count),
+            index: u64::from(frag),
+        }),
+        payload: &payload[r.start as usize..r.end as usize],
+    })
+}

@@ -1,0 +1,584 @@
+//! The receiver's sliding duplicate-detection window over `u64` ids.
+//!
+//! Every id below the window's `base` counts as already seen; ids inside the window are
+//! remembered one bit each; ids at or past `base + capacity` cannot be judged yet and are
+//! rejected so the caller can decide (drop, or advance the window first).
+
+use std::ops::Range;
+
+use bitvec::prelude::{BitVec, Lsb0};
+
+/// Why an id was not accepted by [`DedupWindow::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The id is inside the window and was already inserted.
+    Duplicate,
+    /// The id is below the window's base: it was seen (or given up on) long ago.
+    TooOld,
+    /// The id is at or beyond `base + capacity`: the window cannot hold it yet.
+    BeyondWindow,
+}
+
+/// A sliding window of seen ids, one bit per id, stored as a ring buffer.
+///
+/// ```text
+///      TooOld      |<----------------- capacity ----------------->|  BeyondWindow
+///  ... ____________|_______________________________________________|______________ ...
+///                  | 1 1 1 0 1 0 0 1 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 |
+///                  ^                                               ^
+///                base                                      base + capacity = end()
+///
+///  1 = id inserted, 0 = not (yet) seen. `advance_contiguous` consumes the leading 1s
+///  (here base moves forward by 3); `advance_to` jumps over a prefix and counts its 0s.
+/// ```
+///
+/// The capacity is rounded up to a multiple of 64 (whole words); all operations cost at most
+/// O(capacity / 64), whatever the distance the window moves. `end()` saturates at `u64::MAX`,
+/// so `u64::MAX` itself is never accepted; nothing panics for any `u64` id.
+#[derive(Debug, Clone)]
+pub struct DedupWindow {
+    /// The lowest id that is not implicitly seen.
+    base: u64,
+    /// Ring of `capacity` bits: the id `base + o` lives at slot `(head + o) % capacity`.
+    /// Every bit is inside the window: bits are cleared as the base passes them.
+    bits: BitVec<u64, Lsb0>,
+    /// Slot of `base`; always `< capacity`.
+    head: usize,
+}
+
+impl DedupWindow {
+    /// Creates an empty window starting at `base`, holding `capacity` ids (rounded up to a
+    /// multiple of 64; zero is treated as one).
+    pub fn new(base: u64, capacity: usize) -> Self {
+        let capacity = capacity.max(1).div_ceil(64).saturating_mul(64);
+        DedupWindow {
+            base,
+            bits: BitVec::repeat(false, capacity),
+            head: 0,
+        }
+    }
+
+    /// The lowest id not implicitly seen; every id below it counts as seen.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The number of ids the window holds (a multiple of 64).
+    pub fn capacity(&self) -> usize {
+        self.bits.len()
+    }
+
+    /// One past the highest id the window can accept: `base + capacity`, saturating at
+    /// `u64::MAX`.
+    pub fn end(&self) -> u64 {
+        self.base.saturating_add(self.capacity() as u64)
+    }
+
+    /// Whether [`insert`](Self::insert) would accept `id`, without changing anything.
+    pub fn check(&self, id: u64) -> Result<(), Rejection> {
+        let offset = self.offset(id)?;
+        if self.bits[self.slot(offset)] {
+            return Err(Rejection::Duplicate);
+        }
+        Ok(())
+    }
+
+    /// Whether `id` counts as seen: inserted, or below the base.
+    pub fn contains(&self, id: u64) -> bool {
+        match self.offset(id) {
+            Ok(offset) => self.bits[self.slot(offset)],
+            Err(Rejection::TooOld) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// Marks `id` as seen, or says why it cannot be.
+    pub fn insert(&mut self, id: u64) -> Result<(), Rejection> {
+        let offset = self.offset(id)?;
+        let slot = self.slot(offset);
+        if self.bits.replace(slot, true) {
+            return Err(Rejection::Duplicate);
+        }
+        Ok(())
+    }
+
+    /// Forgets that `id` was inserted (it may then be inserted again). Ids below the base or
+    /// beyond the window are left alone. Returns `true` if the id was set.
+    pub fn remove(&mut self, id: u64) -> bool {
+        match self.offset(id) {
+            Ok(offset) => {
+                let slot = self.slot(offset);
+                self.bits.replace(slot, false)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Moves the base forward past every inserted id at the front of the window (their bits
+    /// are consumed); returns the new base.
+    pub fn advance_contiguous(&mut self) -> u64 {
+        let run = self.find(0, false).unwrap_or(self.capacity());
+        if run > 0 {
+            // Set bits are all below `end()`, so this cannot pass `u64::MAX`.
+            self.advance_to(self.base.saturating_add(run as u64));
+        }
+        self.base
+    }
+
+    /// Moves the base to `new_base` (a no-op unless it is greater) and returns how many ids in
+    /// `[old base, new_base)` were *not* inserted: the gaps passed over.
+    ///
+    /// Costs O(capacity / 64) at most, even for a jump of 2^60.
+    pub fn advance_to(&mut self, new_base: u64) -> u64 {
+        if new_base <= self.base {
+            return 0;
+        }
+        let delta = new_base - self.base;
+        let capacity = self.capacity();
+        let gaps = if delta >= capacity as u64 {
+            let set = self.bits.count_ones() as u64;
+            self.bits.fill(false);
+            self.head = 0;
+            delta - set
+        } else {
+            // `delta < capacity`, so it fits a usize.
+            let d = delta as usize;
+            let set = self.count(0, d);
+            self.clear(0, d);
+            self.head = self.slot(d);
+            (d - set) as u64
+        };
+        self.base = new_base;
+        gaps
+    }
+
+    /// The inserted ids (all at or above the base) as ascending half-open ranges.
+    pub fn set_ranges(&self) -> impl Iterator<Item = Range<u64>> + Clone + '_ {
+        SetRanges {
+            window: self,
+            pos: 0,
+        }
+    }
+
+    /// The number of inserted ids inside the window.
+    pub fn count_set(&self) -> usize {
+        self.bits.count_ones()
+    }
+
+    /// The offset of `id` from the base if the window can hold it.
+    fn offset(&self, id: u64) -> Result<usize, Rejection> {
+        if id < self.base {
+            return Err(Rejection::TooOld);
+        }
+        if id >= self.end() {
+            return Err(Rejection::BeyondWindow);
+        }
+        // `id - base < capacity`, so it fits a usize.
+        Ok((id - self.base) as usize)
+    }
+
+    /// The ring slot of logical offset `offset` (`<= capacity`; `capacity` maps to `head`).
+    fn slot(&self, offset: usize) -> usize {
+        let i = self.head + offset;
+        if i >= self.capacity() {
+            i - self.capacity()
+        } else {
+            i
+        }
+    }
+
+    /// The logical offsets `[from, to)` (`from <= to <= capacity`) as at most two slot ranges,
+    /// in logical order.
+    fn segments(&self, from: usize, to: usize) -> [Range<usize>; 2] {
+        let first_len = self.capacity() - self.head;
+        if to <= first_len {
+            [self.head + from..self.head + to, 0..0]
+        } else if from >= first_len {
+            [from - first_len..to - first_len, 0..0]
+        } else {
+            [self.head + from..self.capacity(), 0..to - first_len]
+        }
+    }
+
+    /// The smallest logical offset `>= from` whose bit equals `value`.
+    fn find(&self, from: usize, value: bool) -> Option<usize> {
+        let mut skipped = from;
+        for seg in self.segments(from, self.capacity()) {
+            let len = seg.len();
+            let bits = &self.bits[seg];
+            let hit = if value {
+                bits.first_one()
+            } else {
+                bits.first_zero()
+            };
+            if let Some(k) = hit {
+                return Some(skipped + k);
+            }
+            skipped += len;
+        }
+        None
+    }
+
+    /// Set bits at logical offsets `[from, to)`.
+    fn count(&self, from: usize, to: usize) -> usize {
+        self.segments(from, to)
+            .into_iter()
+            .map(|seg| self.bits[seg].count_ones())
+            .sum()
+    }
+
+    /// Clears the bits at logical offsets `[from, to)`.
+    fn clear(&mut self, from: usize, to: usize) {
+        for seg in self.segments(from, to) {
+            self.bits[seg].fill(false);
+        }
+    }
+}
+
+/// Iterator behind [`DedupWindow::set_ranges`].
+#[derive(Clone)]
+struct SetRanges<'a> {
+    window: &'a DedupWindow,
+    /// Logical offset to resume from.
+    pos: usize,
+}
+
+impl Iterator for SetRanges<'_> {
+    type Item = Range<u64>;
+
+    fn next(&mut self) -> Option<Range<u64>> {
+        let w = self.window;
+        if self.pos >= w.capacity() {
+            return None;
+        }
+        let Some(start) = w.find(self.pos, true) else {
+            self.pos = w.capacity();
+            return None;
+        };
+        let end = w.find(start, false).unwrap_or(w.capacity());
+        self.pos = end;
+        Some(w.base.saturating_add(start as u64)..w.base.saturating_add(end as u64))
+    }
+}
+
+#[cfg(test)]
+// One-range arrays are expected values here, not misspelt `vec![x; n]`.
+#[allow(clippy::single_range_in_vec_init)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use std::collections::BTreeSet;
+
+    use Rejection::{BeyondWindow, Duplicate, TooOld};
+
+    /// The first 64 ids of the window as a bit pattern: bit `i` (counting from the right) is
+    /// the id `base + i`, so a literal reads right to left from the base.
+    fn pattern(w: &DedupWindow) -> u64 {
+        (0..64u64)
+            .filter(|i| w.contains(w.base() + i))
+            .fold(0, |acc, i| acc | 1 << i)
+    }
+
+    #[derive(Debug)]
+    enum Op {
+        Insert(u64, Result<(), Rejection>),
+        Remove(u64, bool),
+        /// Expected new base.
+        Contiguous(u64),
+        /// Target, expected gaps.
+        AdvanceTo(u64, u64),
+    }
+    use Op::*;
+
+    /// Runs `ops` on a fresh 64-id window at base 0, checking the verdict, the base and the
+    /// bit pattern after each step.
+    fn run(ops: &[(Op, u64, u64)]) {
+        let mut w = DedupWindow::new(0, 64);
+        for (step, (op, base, bits)) in ops.iter().enumerate() {
+            match *op {
+                Insert(id, want) => {
+                    assert_eq!(w.check(id), want, "step {step}: check {id}");
+                    assert_eq!(w.insert(id), want, "step {step}: insert {id}");
+                }
+                Remove(id, want) => assert_eq!(w.remove(id), want, "step {step}: remove {id}"),
+                Contiguous(want) => assert_eq!(w.advance_contiguous(), want, "step {step}"),
+                AdvanceTo(to, gaps) => assert_eq!(w.advance_to(to), gaps, "step {step}"),
+            }
+            assert_eq!(w.base(), *base, "step {step}: {op:?}");
+            assert_eq!(
+                pattern(&w),
+                *bits,
+                "step {step}: {op:?}: {:#b}",
+                pattern(&w)
+            );
+            assert_eq!(w.count_set(), bits.count_ones() as usize, "step {step}");
+        }
+    }
+
+    #[test]
+    fn in_order_inserts() {
+        run(&[
+            (Insert(0, Ok(())), 0, 0b1),
+            (Insert(1, Ok(())), 0, 0b11),
+            (Insert(2, Ok(())), 0, 0b111),
+            (Insert(1, Err(Duplicate)), 0, 0b111),
+            (Contiguous(3), 3, 0b0),
+            (Insert(2, Err(TooOld)), 3, 0b0),
+            (Insert(3, Ok(())), 3, 0b1),
+            (Contiguous(4), 4, 0b0),
+            (Contiguous(4), 4, 0b0),
+        ]);
+    }
+
+    #[test]
+    fn out_of_order_inserts() {
+        run(&[
+            (Insert(3, Ok(())), 0, 0b1000),
+            (Insert(1, Ok(())), 0, 0b1010),
+            (Insert(5, Ok(())), 0, 0b10_1010),
+            (Contiguous(0), 0, 0b10_1010),
+            (Insert(0, Ok(())), 0, 0b10_1011),
+            (Contiguous(2), 2, 0b1010),
+            (Insert(3, Err(Duplicate)), 2, 0b1010),
+            (Insert(2, Ok(())), 2, 0b1011),
+            (Contiguous(4), 4, 0b10),
+            (Insert(4, Ok(())), 4, 0b11),
+            (Contiguous(6), 6, 0b0),
+        ]);
+    }
+
+    #[test]
+    fn window_edges() {
+        run(&[
+            (Insert(63, Ok(())), 0, 1 << 63),
+            (Insert(64, Err(BeyondWindow)), 0, 1 << 63),
+            (Insert(u64::MAX, Err(BeyondWindow)), 0, 1 << 63),
+            (Insert(0, Ok(())), 0, 1 << 63 | 1),
+            (
+                Contiguous(1),
+                1,
+                0b01000000_00000000_00000000_00000000_00000000_00000000_00000000_00000000,
+            ),
+            (
+                Insert(64, Ok(())),
+                1,
+                0b11000000_00000000_00000000_00000000_00000000_00000000_00000000_00000000,
+            ),
+            (Insert(65, Err(BeyondWindow)), 1, 0b11 << 62),
+            (Insert(0, Err(TooOld)), 1, 0b11 << 62),
+        ]);
+    }
+
+    #[test]
+    fn remove_and_advance_to() {
+        run(&[
+            (Insert(2, Ok(())), 0, 0b100),
+            (Insert(5, Ok(())), 0, 0b10_0100),
+            (Insert(6, Ok(())), 0, 0b110_0100),
+            (Remove(5, true), 0, 0b100_0100),
+            (Remove(5, false), 0, 0b100_0100),
+            (Remove(70, false), 0, 0b100_0100),
+            (Insert(5, Ok(())), 0, 0b110_0100),
+            // Ids 0..4 passed over: 0, 1, 3 were gaps.
+            (AdvanceTo(4, 3), 4, 0b110),
+            (AdvanceTo(2, 0), 4, 0b110),
+            (Remove(2, false), 4, 0b110),
+            (AdvanceTo(7, 1), 7, 0b0),
+            (Insert(8, Ok(())), 7, 0b10),
+            // A jump past the whole window counts every unset id.
+            (AdvanceTo(1007, 999), 1007, 0b0),
+        ]);
+    }
+
+    #[test]
+    fn ring_wraps() {
+        let mut w = DedupWindow::new(0, 64);
+        for id in 0..40 {
+            w.insert(id).unwrap();
+        }
+        w.insert(50).unwrap();
+        assert_eq!(w.advance_contiguous(), 40);
+        // Ids 64..104 live in slots 0..40, before the head at slot 40.
+        for id in (64..102).step_by(3) {
+            w.insert(id).unwrap();
+        }
+        assert_eq!(w.insert(104), Err(BeyondWindow));
+        w.insert(103).unwrap();
+        let ranges: Vec<_> = w.set_ranges().collect();
+        let mut want = vec![50..51];
+        want.extend((64..102).step_by(3).map(|i| i..i + 1));
+        want.push(103..104);
+        assert_eq!(ranges, want);
+        assert_eq!(w.count_set(), 1 + 13 + 1);
+        // A run that crosses the end of the ring is reported as one range.
+        for id in 51..64 {
+            w.insert(id).unwrap();
+        }
+        assert_eq!(w.set_ranges().next(), Some(50..65));
+        // Ids 40..60 passed over; 50..60 were set.
+        assert_eq!(w.advance_to(60), 10);
+        assert_eq!(w.advance_contiguous(), 65);
+        assert_eq!(w.advance_to(66), 1);
+        assert_eq!(w.set_ranges().next(), Some(67..68));
+    }
+
+    #[test]
+    fn huge_jumps_count_gaps() {
+        let mut w = DedupWindow::new(0, 128);
+        for id in [0, 5, 100] {
+            w.insert(id).unwrap();
+        }
+        assert_eq!(w.advance_to(1 << 60), (1 << 60) - 3);
+        assert_eq!(w.base(), 1 << 60);
+        assert_eq!(w.count_set(), 0);
+        assert_eq!(w.set_ranges().count(), 0);
+        assert!(w.contains(100));
+        w.insert((1 << 60) + 1).unwrap();
+        assert_eq!(w.advance_to(u64::MAX), u64::MAX - (1 << 60) - 1);
+        assert_eq!(w.end(), u64::MAX);
+        assert_eq!(w.insert(u64::MAX), Err(BeyondWindow));
+        assert!(w.contains(u64::MAX - 1));
+        assert_eq!(w.advance_contiguous(), u64::MAX);
+    }
+
+    #[test]
+    fn near_the_top_of_u64() {
+        let base = u64::MAX - 10;
+        let mut w = DedupWindow::new(base, 64);
+        assert_eq!(w.end(), u64::MAX);
+        for id in base..u64::MAX {
+            assert_eq!(w.insert(id), Ok(()));
+        }
+        assert_eq!(w.insert(u64::MAX), Err(BeyondWindow));
+        assert_eq!(w.check(u64::MAX), Err(BeyondWindow));
+        assert!(!w.contains(u64::MAX));
+        assert!(!w.remove(u64::MAX));
+        assert_eq!(w.set_ranges().collect::<Vec<_>>(), [base..u64::MAX]);
+        assert_eq!(w.advance_contiguous(), u64::MAX);
+        assert_eq!(w.advance_to(u64::MAX), 0);
+        assert_eq!(w.insert(0), Err(TooOld));
+        assert!(w.contains(0));
+    }
+
+    #[test]
+    fn capacity_rounds_up_to_words() {
+        for (asked, got) in [(0, 64), (1, 64), (64, 64), (65, 128), (1000, 1024)] {
+            let w = DedupWindow::new(7, asked);
+            assert_eq!(w.capacity(), got, "{asked}");
+            assert_eq!(w.end(), 7 + got as u64);
+        }
+    }
+
+    /// The reference: a watermark and a set of ids at or above it.
+    struct Model {
+        base: u64,
+        capacity: u64,
+        set: BTreeSet<u64>,
+    }
+
+    impl Model {
+        fn check(&self, id: u64) -> Result<(), Rejection> {
+            if id < self.base {
+                Err(TooOld)
+            } else if id >= self.base.saturating_add(self.capacity) {
+                Err(BeyondWindow)
+            } else if self.set.contains(&id) {
+                Err(Duplicate)
+            } else {
+                Ok(())
+            }
+        }
+
+        fn insert(&mut self, id: u64) -> Result<(), Rejection> {
+            self.check(id)?;
+            self.set.insert(id);
+            Ok(())
+        }
+
+        fn advance_to(&mut self, new_base: u64) -> u64 {
+            if new_base <= self.base {
+                return 0;
+            }
+            let passed = self.set.range(..new_base).count() as u64;
+            self.set.retain(|id| *id >= new_base);
+            let gaps = new_base - self.base - passed;
+            self.base = new_base;
+            gaps
+        }
+
+        fn ranges(&self) -> Vec<Range<u64>> {
+            let mut out: Vec<Range<u64>> = Vec::new();
+            for &id in &self.set {
+                match out.last_mut() {
+                    Some(r) if r.end == id => r.end += 1,
+                    _ => out.push(id..id + 1),
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn matches_a_watermark_model() {
+        for seed in 0..16 {
+            let mut rng = Rng::new(seed);
+            let capacity = [64, 128, 192][seed as usize / 3 % 3];
+            let start = [0, 1 << 40, u64::MAX - 5000][seed as usize % 3];
+            let mut w = DedupWindow::new(start, capacity);
+            let mut m = Model {
+                base: start,
+                capacity: capacity as u64,
+                set: BTreeSet::new(),
+            };
+            for step in 0..3000 {
+                let id = m
+                    .base
+                    .saturating_sub(8)
+                    .saturating_add(rng.below(capacity as u64 + 24));
+                match rng.below(10) {
+                    0..=5 => {
+                        assert_eq!(w.check(id), m.check(id), "seed {seed} step {step}");
+                        assert_eq!(w.insert(id), m.insert(id), "seed {seed} step {step}");
+                    }
+                    6 => {
+                        let want = id >= m.base && m.set.remove(&id);
+                        assert_eq!(w.remove(id), want, "seed {seed} step {step}");
+                    }
+                    7 => {
+                        let mut b = m.base;
+                        while m.set.contains(&b) {
+                            b += 1;
+                        }
+                        m.advance_to(b);
+                        assert_eq!(w.advance_contiguous(), b, "seed {seed} step {step}");
+                    }
+                    8 => {
+                        let jump = if rng.chance(0.05) {
+                            rng.below(1 << 50)
+                        } else {
+                            rng.below(capacity as u64 + 10)
+                        };
+                        let to = m.base.saturating_add(jump);
+                        assert_eq!(
+                            w.advance_to(to),
+                            m.advance_to(to),
+                            "seed {seed} step {step}"
+                        );
+                    }
+                    _ => {
+                        assert_eq!(w.contains(id), id < m.base || m.set.contains(&id));
+                    }
+                }
+                assert_eq!(w.base(), m.base);
+                assert_eq!(w.count_set(), m.set.len());
+                if step % 16 == 0 {
+                    assert_eq!(
+                        w.set_ranges().collect::<Vec<_>>(),
+                        m.ranges(),
+                        "seed {seed}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1235 @@
+//! Frames: the contents of a packet, back to back after the header.
+//!
+//! Parsing validates every frame completely before returning it, so the iterators over a
+//! frame's ranges or entries ([`AckRanges`](super::AckRanges),
+//! [`MsgAckRanges`](super::MsgAckRanges), [`ForwardEntries`], [`RejectIds`]) cannot fail, and nothing is allocated. Emitting refuses (with the error the
+//! parser would give) any frame that the parser would reject, and writes nothing when it fails.
+
+use std::fmt;
+use std::iter::FusedIterator;
+use std::ops::Range;
+
+use super::ack::{AckFrame, MsgAckFrame};
+use super::varint::{MAX_VARINT, varint_len};
+use super::{MAX_REASON_LEN, Reader, WireError, Writer};
+use crate::Guarantee;
+
+/// Frame type codes.
+pub(super) mod ty {
+    pub(in crate::wire) const PADDING: u8 = 0x00;
+    pub(in crate::wire) const PING: u8 = 0x01;
+    pub(in crate::wire) const ACK: u8 = 0x02;
+    pub(in crate::wire) const MSG_ACK: u8 = 0x03;
+    pub(in crate::wire) const MESSAGE: u8 = 0x04;
+    pub(in crate::wire) const FORWARD: u8 = 0x05;
+    pub(in crate::wire) const REJECT: u8 = 0x06;
+    pub(in crate::wire) const AMO_FLOOR: u8 = 0x07;
+    pub(in crate::wire) const CLOSE: u8 = 0x08;
+}
+
+/// Bits of the MESSAGE and FORWARD flags bytes.
+mod flag {
+    /// MESSAGE: the two-bit guarantee code.
+    pub(super) const GUARANTEE: u8 = 0b0000_0011;
+    /// MESSAGE: a channel sequence number follows the id.
+    pub(super) const ORDERED: u8 = 0b0000_0100;
+    /// MESSAGE: the fragment fields follow.
+    pub(super) const FRAGMENT: u8 = 0b0000_1000;
+    /// MESSAGE: bits that must be zero.
+    pub(super) const RESERVED: u8 = 0b1111_0000;
+    /// FORWARD: the entry is ordered (channel and channel sequence follow).
+    pub(super) const FORWARD_ORDERED: u8 = 0b0000_0001;
+    /// FORWARD: bits that must be zero.
+    pub(super) const FORWARD_RESERVED: u8 = !FORWARD_ORDERED;
+}
+
+/// Smallest encoding of one FORWARD entry (a one-byte id and the flags byte).
+const MIN_FORWARD_ENTRY: usize = 2;
+
+/// One frame, borrowing its variable-length parts from the datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A run of consecutive zero bytes, collapsed into one frame of `len` bytes.
+    Padding {
+        /// Number of zero bytes.
+        len: usize,
+    },
+    /// Asks for an acknowledgement.
+    Ping,
+    /// Packet numbers received.
+    Ack(AckFrame<'a>),
+    /// Reliable message ids completed, and flow credit.
+    MsgAck(MsgAckFrame<'a>),
+    /// A whole message or one fragment of it.
+    Message(MessageFrame<'a>),
+    /// Reliable messages the sender abandoned.
+    Forward(ForwardFrame<'a>),
+    /// Reliable messages the receiver wants again.
+    Reject(RejectFrame<'a>),
+    /// At-most-once ids below `floor` will never be sent again.
+    AmoFloor {
+        /// The first at-most-once id that may still be sent.
+        floor: u64,
+    },
+    /// The connection is closing.
+    Close(CloseFrame<'a>),
+}
+
+impl<'a> Frame<'a> {
+    /// Whether receiving this frame obliges the receiver to send an ACK (everything except
+    /// PADDING and ACK).
+    pub fn is_ack_eliciting(&self) -> bool {
+        !matches!(self, Frame::Padding { .. } | Frame::Ack(_))
+    }
+
+    /// Number of bytes [`emit`](Frame::emit) writes, type byte included.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Frame::Padding { len } => *len,
+            Frame::Ping => 1,
+            Frame::Ack(f) => f.encoded_len(),
+            Frame::MsgAck(f) => f.encoded_len(),
+            Frame::Message(f) => f.encoded_len(),
+            Frame::Forward(f) => f.encoded_len(),
+            Frame::Reject(f) => f.encoded_len(),
+            Frame::AmoFloor { floor } => 1 + varint_len(*floor),
+            Frame::Close(f) => f.encoded_len(),
+        }
+    }
+
+    /// Writes the frame with the shortest varints. On error nothing is written: the frame
+    /// does not fit ([`WireError::BufferTooSmall`]), or a field the caller built is out of
+    /// range (the error the parser would give for it, or [`WireError::ValueTooLarge`]).
+    pub fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        match self {
+            Frame::Padding { len } => w.put_zeros(*len),
+            Frame::Ping => w.put_u8(ty::PING),
+            Frame::Ack(f) => f.emit(w),
+            Frame::MsgAck(f) => f.emit(w),
+            Frame::Message(f) => f.emit(w),
+            Frame::Forward(f) => f.emit(w),
+            Frame::Reject(f) => f.emit(w),
+            Frame::AmoFloor { floor } => {
+                check_varint(*floor)?;
+                reserve(w, self.encoded_len())?;
+                w.put_u8(ty::AMO_FLOOR)?;
+                w.put_varint(*floor)
+            }
+            Frame::Close(f) => f.emit(w),
+        }
+    }
+
+    /// Reads one frame (a whole run, for padding).
+    fn parse(r: &mut Reader<'a>) -> Result<Frame<'a>, WireError> {
+        match r.u8()? {
+            ty::PADDING => {
+                let zeros = r.clone().rest().iter().take_while(|&&b| b == 0).count();
+                r.take(zeros)?;
+                Ok(Frame::Padding {
+                    len: zeros.saturating_add(1),
+                })
+            }
+            ty::PING => Ok(Frame::Ping),
+            ty::ACK => AckFrame::parse(r).map(Frame::Ack),
+            ty::MSG_ACK => MsgAckFrame::parse(r).map(Frame::MsgAck),
+            ty::MESSAGE => MessageFrame::parse(r).map(Frame::Message),
+            ty::FORWARD => ForwardFrame::parse(r).map(Frame::Forward),
+            ty::REJECT => RejectFrame::parse(r).map(Frame::Reject),
+            ty::AMO_FLOOR => Ok(Frame::AmoFloor { floor: r.varint()? }),
+            ty::CLOSE => CloseFrame::parse(r).map(Frame::Close),
+            other => Err(WireError::UnknownFrame(other)),
+        }
+    }
+}
+
+/// Iterates over the frames of a payload: yields each frame, or the first error and then
+/// nothing more. See [`frames`].
+#[derive(Debug, Clone)]
+pub struct FrameIter<'a> {
+    r: Reader<'a>,
+    failed: bool,
+}
+
+impl<'a> Iterator for FrameIter<'a> {
+    type Item = Result<Frame<'a>, WireError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.r.is_empty() {
+            return None;
+        }
+        let frame = Frame::parse(&mut self.r);
+        self.failed = frame.is_err();
+        Some(frame)
+    }
+}
+
+impl FusedIterator for FrameIter<'_> {}
+
+/// The frames of `payload` (the bytes between header and tag), in order.
+///
+/// An empty payload yields nothing; [`validate`] rejects it. Since a malformed datagram must
+/// be dropped whole, call [`validate`] before acting on any frame.
+pub fn frames(payload: &[u8]) -> FrameIter<'_> {
+    FrameIter {
+        r: Reader::new(payload),
+        failed: false,
+    }
+}
+
+/// Validates a whole frame payload (non-empty, every frame well-formed) without side effects.
+pub fn validate(payload: &[u8]) -> Result<(), WireError> {
+    if payload.is_empty() {
+        return Err(WireError::EmptyPacket);
+    }
+    frames(payload).try_for_each(|f| f.map(drop))
+}
+
+// ---------------------------------------------------------------------------------------------
+// MESSAGE
+
+/// The fragment fields of a MESSAGE frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragment {
+    /// Length of the whole message in bytes.
+    pub total_len: u64,
+    /// Number of fragments (at least 2).
+    pub count: u64,
+    /// Index of this fragment, `0..count`.
+    pub index: u64,
+}
+
+impl Fragment {
+    /// Byte range of fragment `index` of a `total_len`-byte message cut into `count` chunks
+    /// of `ceil(total_len / count)` bytes.
+    ///
+    /// `None` if inconsistent: `count < 2`, `index >= count`, or a count that leaves some
+    /// fragment empty (`(count - 1) * chunk >= total_len`), which also covers an empty message.
+    ///
+    /// ```
+    /// use surely::wire::Fragment;
+    /// assert_eq!(Fragment::byte_range(10, 4, 0), Some(0..3));
+    /// assert_eq!(Fragment::byte_range(10, 4, 3), Some(9..10));
+    /// assert_eq!(Fragment::byte_range(10, 6, 0), None); // fragment 5 would be empty
+    /// assert_eq!(Fragment::byte_range(10, 1, 0), None);
+    /// ```
+    pub fn byte_range(total_len: u64, count: u64, index: u64) -> Option<Range<u64>> {
+        if count < 2 || index >= count {
+            return None;
+        }
+        let chunk = total_len.div_ceil(count);
+        if count.checked_sub(1)?.checked_mul(chunk)? >= total_len {
+            return None;
+        }
+        let start = index.checked_mul(chunk)?;
+        Some(start..start.checked_add(chunk)?.min(total_len))
+    }
+}
+
+/// A MESSAGE frame: a whole message or one fragment of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageFrame<'a> {
+    /// The delivery guarantee (selects the id space).
+    pub guarantee: Guarantee,
+    /// The channel.
+    pub channel: u8,
+    /// The message id.
+    pub id: u64,
+    /// Position in the channel's order: `Some` iff the message is ordered (reliable only).
+    pub chan_seq: Option<u64>,
+    /// The fragment fields, if this is one fragment of a larger message.
+    pub fragment: Option<Fragment>,
+    /// The payload (the whole message, or this fragment's bytes).
+    pub payload: &'a [u8],
+}
+
+impl<'a> MessageFrame<'a> {
+    /// Number of bytes [`emit`](MessageFrame::emit) writes, type byte included.
+    pub fn encoded_len(&self) -> usize {
+        MessageFrame::overhead(
+            self.chan_seq.is_some(),
+            self.id,
+            self.chan_seq,
+            self.fragment,
+            self.payload.len(),
+        )
+        .saturating_add(self.payload.len())
+    }
+
+    /// Bytes the frame takes besides its payload (for the sender to size a payload to the
+    /// room left). With `guarantee_ordered` and no `chan_seq` yet, the channel sequence counts
+    /// as its largest (8-byte) form.
+    pub fn overhead(
+        guarantee_ordered: bool,
+        id: u64,
+        chan_seq: Option<u64>,
+        fragment: Option<Fragment>,
+        payload_len: usize,
+    ) -> usize {
+        let seq = match (guarantee_ordered, chan_seq) {
+            (_, Some(seq)) => varint_len(seq),
+            (true, None) => 8,
+            (false, None) => 0,
+        };
+        let frag = fragment.map_or(0, |f| {
+            varint_len(f.total_len) + varint_len(f.count) + varint_len(f.index)
+        });
+        3 + varint_len(id) + seq + frag + varint_len(len_u64(payload_len))
+    }
+
+    /// Writes the frame. Errors, with nothing written: [`WireError::BufferTooSmall`],
+    /// [`WireError::OrderedAtMostOnce`], [`WireError::BadFragment`] (fields inconsistent
+    /// or the payload not the fragment's size), [`WireError::ValueTooLarge`].
+    pub fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        check_varint(self.id)?;
+        if let Some(seq) = self.chan_seq {
+            check_varint(seq)?;
+            if !self.guarantee.is_reliable() {
+                return Err(WireError::OrderedAtMostOnce);
+            }
+        }
+        check_varint(len_u64(self.payload.len()))?;
+        if let Some(f) = self.fragment {
+            let range = Fragment::byte_range(f.total_len, f.count, f.index)
+                .ok_or(WireError::BadFragment)?;
+            check_varint(f.total_len)?;
+            if range.end - range.start != len_u64(self.payload.len()) {
+                return Err(WireError::BadFragment);
+            }
+        }
+        reserve(w, self.encoded_len())?;
+        let mut flags = self.guarantee.to_bits();
+        if self.chan_seq.is_some() {
+            flags |= flag::ORDERED;
+        }
+        if self.fragment.is_some() {
+            flags |= flag::FRAGMENT;
+        }
+        w.put_u8(ty::MESSAGE)?;
+        w.put_u8(flags)?;
+        w.put_u8(self.channel)?;
+        w.put_varint(self.id)?;
+        if let Some(seq) = self.chan_seq {
+            w.put_varint(seq)?;
+        }
+        if let Some(f) = self.fragment {
+            w.put_varint(f.total_len)?;
+            w.put_varint(f.count)?;
+            w.put_varint(f.index)?;
+        }
+        w.put_varint(len_u64(self.payload.len()))?;
+        w.put_slice(self.payload)
+    }
+
+    fn parse(r: &mut Reader<'a>) -> Result<MessageFrame<'a>, WireError> {
+        let flags = r.u8()?;
+        if flags & flag::RESERVED != 0 {
+            return Err(WireError::BadFlags(flags));
+        }
+        let guarantee =
+            Guarantee::from_bits(flags & flag::GUARANTEE).ok_or(WireError::BadGuarantee)?;
+        let ordered = flags & flag::ORDERED != 0;
+        if ordered && !guarantee.is_reliable() {
+            return Err(WireError::OrderedAtMostOnce);
+        }
+        let channel = r.u8()?;
+        let id = r.varint()?;
+        let chan_seq = if ordered { Some(r.varint()?) } else { None };
+        let fragment = if flags & flag::FRAGMENT != 0 {
+            Some(Fragment {
+                total_len: r.varint()?,
+                count: r.varint()?,
+                index: r.varint()?,
+            })
+        } else {
+            None
+        };
+        let len = r.varint()?;
+        if let Some(f) = fragment {
+            let range = Fragment::byte_range(f.total_len, f.count, f.index)
+                .ok_or(WireError::BadFragment)?;
+            if range.end - range.start != len {
+                return Err(WireError::BadFragment);
+            }
+        }
+        let payload = r.take(usize::try_from(len).map_err(|_| WireError::Truncated)?)?;
+        Ok(MessageFrame {
+            guarantee,
+            channel,
+            id,
+            chan_seq,
+            fragment,
+            payload,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// FORWARD
+
+/// One entry of a FORWARD frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardEntry {
+    /// The reliable id the sender abandoned.
+    pub id: u64,
+    /// `(channel, chan_seq)` if the message was ordered.
+    pub ordered: Option<(u8, u64)>,
+}
+
+impl ForwardEntry {
+    fn encoded_len(&self) -> usize {
+        varint_len(self.id) + 1 + self.ordered.map_or(0, |(_, seq)| 1 + varint_len(seq))
+    }
+
+    fn parse(r: &mut Reader<'_>) -> Result<ForwardEntry, WireError> {
+        let id = r.varint()?;
+        let flags = r.u8()?;
+        if flags & flag::FORWARD_RESERVED != 0 {
+            return Err(WireError::BadFlags(flags));
+        }
+        let ordered = if flags & flag::FORWARD_ORDERED != 0 {
+            Some((r.u8()?, r.varint()?))
+        } else {
+            None
+        };
+        Ok(ForwardEntry { id, ordered })
+    }
+}
+
+/// A FORWARD frame: reliable messages the sender abandoned.
+///
+/// Equality compares the decoded entries.
+#[derive(Clone, Copy)]
+pub struct ForwardFrame<'a> {
+    count: usize,
+    raw: &'a [u8],
+}
+
+impl<'a> ForwardFrame<'a> {
+    /// The entries, in frame order.
+    pub fn entries(&self) -> ForwardEntries<'a> {
+        ForwardEntries {
+            left: self.count,
+            r: Reader::new(self.raw),
+        }
+    }
+
+    /// Number of entries (at least 1).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Always `false`: a FORWARD frame has at least one entry.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn parse(r: &mut Reader<'a>) -> Result<ForwardFrame<'a>, WireError> {
+        let count = read_count(r, MIN_FORWARD_ENTRY)?;
+        let start = r.clone();
+        for _ in 0..count {
+            ForwardEntry::parse(r)?;
+        }
+        Ok(ForwardFrame {
+            count,
+            raw: consumed(start, r)?,
+        })
+    }
+
+    fn encoded_len(&self) -> usize {
+        1 + varint_len(self.count as u64) + self.raw.len()
+    }
+
+    fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        emit_forward_entries(w, self.count, self.entries())
+    }
+}
+
+impl PartialEq for ForwardFrame<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.entries().eq(other.entries())
+    }
+}
+
+impl Eq for ForwardFrame<'_> {}
+
+impl fmt::Debug for ForwardFrame<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ForwardFrame")
+            .field(&DebugList(self.entries()))
+            .finish()
+    }
+}
+
+/// The entries of a [`ForwardFrame`].
+#[derive(Debug, Clone)]
+pub struct ForwardEntries<'a> {
+    left: usize,
+    r: Reader<'a>,
+}
+
+impl Iterator for ForwardEntries<'_> {
+    type Item = ForwardEntry;
+
+    fn next(&mut self) -> Option<ForwardEntry> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let entry = ForwardEntry::parse(&mut self.r).ok();
+        if entry.is_none() {
+            self.left = 0; // unreachable: the frame was validated
+        }
+        entry
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for ForwardEntries<'_> {}
+impl FusedIterator for ForwardEntries<'_> {}
+
+/// Emits a FORWARD frame with every entry. An empty list writes nothing. Errors, with nothing
+/// written: [`WireError::BufferTooSmall`], [`WireError::ValueTooLarge`].
+pub fn emit_forward(w: &mut Writer<'_>, entries: &[ForwardEntry]) -> Result<(), WireError> {
+    emit_forward_entries(w, entries.len(), entries.iter().copied())
+}
+
+/// Number of bytes [`emit_forward`] writes (0 for no entries).
+pub fn forward_frame_len(entries: &[ForwardEntry]) -> usize {
+    forward_len(entries.len(), entries.iter().copied())
+}
+
+fn forward_len(count: usize, entries: impl Iterator<Item = ForwardEntry>) -> usize {
+    if count == 0 {
+        return 0;
+    }
+    let body: usize = entries.map(|e| e.encoded_len()).sum();
+    1 + varint_len(len_u64(count)) + body
+}
+
+fn emit_forward_entries<I>(w: &mut Writer<'_>, count: usize, entries: I) -> Result<(), WireError>
+where
+    I: Iterator<Item = ForwardEntry> + Clone,
+{
+    if count == 0 {
+        return Ok(());
+    }
+    for e in entries.clone() {
+        check_varint(e.id)?;
+        if let Some((_, seq)) = e.ordered {
+            check_varint(seq)?;
+        }
+    }
+    reserve(w, forward_len(count, entries.clone()))?;
+    w.put_u8(ty::FORWARD)?;
+    w.put_varint(len_u64(count))?;
+    for e in entries {
+        w.put_varint(e.id)?;
+        match e.ordered {
+            Some((channel, seq)) => {
+                w.put_u8(flag::FORWARD_ORDERED)?;
+                w.put_u8(channel)?;
+                w.put_varint(seq)?;
+            }
+            None => w.put_u8(0)?,
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// REJECT
+
+/// A REJECT frame: reliable ids the receiver wants sent again.
+///
+/// Equality compares the decoded ids.
+#[derive(Clone, Copy)]
+pub struct RejectFrame<'a> {
+    count: usize,
+    raw: &'a [u8],
+}
+
+impl<'a> RejectFrame<'a> {
+    /// The ids, in frame order.
+    pub fn ids(&self) -> RejectIds<'a> {
+        RejectIds {
+            left: self.count,
+            r: Reader::new(self.raw),
+        }
+    }
+
+    /// Number of ids (at least 1).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Always `false`: a REJECT frame has at least one id.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn parse(r: &mut Reader<'a>) -> Result<RejectFrame<'a>, WireError> {
+        let count = read_count(r, 1)?;
+        let start = r.clone();
+        for _ in 0..count {
+            r.varint()?;
+        }
+        Ok(RejectFrame {
+            count,
+            raw: consumed(start, r)?,
+        })
+    }
+
+    fn encoded_len(&self) -> usize {
+        reject_len(self.count, self.ids())
+    }
+
+    fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        emit_reject_ids(w, self.count, self.ids())
+    }
+}
+
+impl PartialEq for RejectFrame<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.ids().eq(other.ids())
+    }
+}
+
+impl Eq for RejectFrame<'_> {}
+
+impl fmt::Debug for RejectFrame<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RejectFrame")
+            .field(&DebugList(self.ids()))
+            .finish()
+    }
+}
+
+/// The ids of a [`RejectFrame`].
+#[derive(Debug, Clone)]
+pub struct RejectIds<'a> {
+    left: usize,
+    r: Reader<'a>,
+}
+
+impl Iterator for RejectIds<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let id = self.r.varint().ok();
+        if id.is_none() {
+            self.left = 0; // unreachable: the frame was validated
+        }
+        id
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for RejectIds<'_> {}
+impl FusedIterator for RejectIds<'_> {}
+
+/// Emits a REJECT frame with every id. An empty list writes nothing. Errors, with nothing
+/// written: [`WireError::BufferTooSmall`], [`WireError::ValueTooLarge`].
+pub fn emit_reject(w: &mut Writer<'_>, ids: &[u64]) -> Result<(), WireError> {
+    emit_reject_ids(w, ids.len(), ids.iter().copied())
+}
+
+/// Number of bytes [`emit_reject`] writes (0 for no ids).
+pub fn reject_frame_len(ids: &[u64]) -> usize {
+    reject_len(ids.len(), ids.iter().copied())
+}
+
+fn reject_len(count: usize, ids: impl Iterator<Item = u64>) -> usize {
+    if count == 0 {
+        return 0;
+    }
+    let body: usize = ids.map(varint_len).sum();
+    1 + varint_len(len_u64(count)) + body
+}
+
+fn emit_reject_ids<I>(w: &mut Writer<'_>, count: usize, ids: I) -> Result<(), WireError>
+where
+    I: Iterator<Item = u64> + Clone,
+{
+    if count == 0 {
+        return Ok(());
+    }
+    ids.clone().try_for_each(check_varint)?;
+    reserve(w, reject_len(count, ids.clone()))?;
+    w.put_u8(ty::REJECT)?;
+    w.put_varint(len_u64(count))?;
+    ids.into_iter().try_for_each(|id| w.put_varint(id))
+}
+
+// ---------------------------------------------------------------------------------------------
+// CLOSE
+
+/// A CLOSE frame: the connection is closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseFrame<'a> {
+    /// 0 for a graceful close by the application; other codes are defined by the connection.
+    pub code: u64,
+    /// Human-readable reason: valid UTF-8, at most [`MAX_REASON_LEN`] bytes.
+    pub reason: &'a [u8],
+}
+
+impl<'a> CloseFrame<'a> {
+    fn encoded_len(&self) -> usize {
+        1 + varint_len(self.code)
+            + varint_len(len_u64(self.reason.len()).min(MAX_VARINT))
+            + self.reason.len()
+    }
+
+    fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        check_varint(self.code)?;
+        check_reason(self.reason)?;
+        reserve(w, self.encoded_len())?;
+        w.put_u8(ty::CLOSE)?;
+        w.put_varint(self.code)?;
+        w.put_varint(len_u64(self.reason.len()))?;
+        w.put_slice(self.reason)
+    }
+
+    fn parse(r: &mut Reader<'a>) -> Result<CloseFrame<'a>, WireError> {
+        let code = r.varint()?;
+        let len = r.varint()?;
+        if len > MAX_REASON_LEN as u64 {
+            return Err(WireError::ReasonTooLong);
+        }
+        let reason = r.take(len as usize)?;
+        check_reason(reason)?;
+        Ok(CloseFrame { code, reason })
+    }
+}
+
+fn check_reason(reason: &[u8]) -> Result<(), WireError> {
+    if reason.len() > MAX_REASON_LEN {
+        return Err(WireError::ReasonTooLong);
+    }
+    std::str::from_utf8(reason)
+        .map(drop)
+        .map_err(|_| WireError::BadReason)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Refuses a value that does not fit in a varint.
+pub(super) fn check_varint(v: u64) -> Result<(), WireError> {
+    if v > MAX_VARINT {
+        Err(WireError::ValueTooLarge)
+    } else {
+        Ok(())
+    }
+}
+
+/// Fails with [`WireError::BufferTooSmall`] unless `len` bytes fit, so that a frame is
+/// written whole or not at all.
+pub(super) fn reserve(w: &Writer<'_>, len: usize) -> Result<(), WireError> {
+    if len > w.remaining() {
+        Err(WireError::BufferTooSmall)
+    } else {
+        Ok(())
+    }
+}
+
+/// A length as a `u64` (lossless on every supported platform; saturates otherwise).
+fn len_u64(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+/// Reads the entry count of a FORWARD or REJECT frame: at least 1, and no more than the
+/// bytes left could hold at `min_entry` bytes per entry.
+fn read_count(r: &mut Reader<'_>, min_entry: usize) -> Result<usize, WireError> {
+    let count = r.varint()?;
+    if count == 0 {
+        return Err(WireError::ZeroCount);
+    }
+    let room = r.remaining() / min_entry;
+    usize::try_from(count)
+        .ok()
+        .filter(|&c| c <= room)
+        .ok_or(WireError::CountTooLarge)
+}
+
+/// The bytes `end` consumed since it was at `start` (a clone taken earlier).
+pub(super) fn consumed<'a>(mut start: Reader<'a>, end: &Reader<'a>) -> Result<&'a [u8], WireError> {
+    let n = start
+        .remaining()
+        .checked_sub(end.remaining())
+        .ok_or(WireError::Truncated)?;
+    start.take(n)
+}
+
+/// Debug-prints an iterator's items as a list.
+pub(super) struct DebugList<I>(pub(super) I);
+
+impl<I> fmt::Debug for DebugList<I>
+where
+    I: Iterator + Clone,
+    I::Item: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.clone()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ack_frame_len, emit_ack, emit_msg_ack, msg_ack_frame_len};
+    use super::*;
+
+    /// Parses a payload that must hold exactly one valid frame.
+    fn one(payload: &[u8]) -> Frame<'_> {
+        validate(payload).unwrap();
+        let mut it = frames(payload);
+        let f = it.next().unwrap().unwrap();
+        assert!(it.next().is_none(), "more than one frame in {payload:02x?}");
+        f
+    }
+
+    fn emitted(f: impl FnOnce(&mut Writer<'_>) -> Result<(), WireError>) -> Vec<u8> {
+        let mut buf = vec![0u8; 4096];
+        let mut w = Writer::new(&mut buf);
+        f(&mut w).unwrap();
+        let n = w.position();
+        buf.truncate(n);
+        buf
+    }
+
+    const MAX: [u8; 8] = [0xff; 8];
+
+    #[test]
+    fn malformed_frames_are_rejected_with_a_named_error() {
+        let cat = |parts: &[&[u8]]| parts.concat();
+        let table: Vec<(Vec<u8>, WireError)> = vec![
+            (vec![], WireError::EmptyPacket),
+            (vec![0x09], WireError::UnknownFrame(0x09)),
+            (vec![0x01, 0xff], WireError::UnknownFrame(0xff)),
+            // ACK
+            (vec![2, 5], WireError::Truncated),
+            (vec![2, 5, 0, 0x40, 0x40, 0], WireError::TooManyRanges),
+            (vec![2, 5, 0, 0, 6], WireError::AckRangeUnderflow),
+            (vec![2, 5, 0, 1, 0, 4, 0], WireError::AckRangeUnderflow),
+            (vec![2, 5, 0, 1, 0, 3, 1], WireError::AckRangeUnderflow),
+            (vec![2, 5, 0, 1, 0, 3], WireError::Truncated),
+            // MSG_ACK
+            (vec![3, 5, 4, 0], WireError::LimitBelowCumulative),
+            (vec![3, 0, 0, 0x40, 65], WireError::TooManyRanges),
+            (vec![3, 0, 10, 1, 0, 0], WireError::BadMsgAckRange),
+            (
+                cat(&[&[3], &MAX, &MAX, &[1, 1, 0]]),
+                WireError::BadMsgAckRange,
+            ),
+            (vec![3, 0, 10, 2, 1, 0], WireError::Truncated),
+            // MESSAGE
+            (vec![4, 0x10, 0, 0, 0], WireError::BadFlags(0x10)),
+            (vec![4, 0x83, 0, 0, 0], WireError::BadFlags(0x83)),
+            (vec![4, 0x03, 0, 0, 0], WireError::BadGuarantee),
+            (vec![4, 0x04, 0, 0, 0, 0], WireError::OrderedAtMostOnce),
+            (vec![4, 0x09, 0, 0, 10, 1, 0, 10], WireError::BadFragment),
+            (vec![4, 0x09, 0, 0, 10, 4, 4, 1, 0], WireError::BadFragment),
+            (
+                vec![4, 0x09, 0, 0, 10, 6, 0, 2, 0, 0],
+                WireError::BadFragment,
+            ),
+            (vec![4, 0x09, 0, 0, 0, 2, 0, 0], WireError::BadFragment),
+            (
+                vec![4, 0x09, 0, 0, 10, 4, 0, 2, 0, 0],
+                WireError::BadFragment,
+            ),
+            (vec![4, 0x01, 0, 0, 5, 1, 2], WireError::Truncated),
+            (cat(&[&[4, 0x01, 0, 0], &MAX]), WireError::Truncated),
+            // FORWARD
+            (vec![5, 0], WireError::ZeroCount),
+            (vec![5, 3, 0, 0], WireError::CountTooLarge),
+            (cat(&[&[5], &MAX, &[0, 0]]), WireError::CountTooLarge),
+            (vec![5, 1, 0, 2], WireError::BadFlags(2)),
+            (vec![5, 1, 0, 1, 7], WireError::Truncated),
+            // REJECT
+            (vec![6, 0], WireError::ZeroCount),
+            (vec![6, 2, 1], WireError::CountTooLarge),
+            (vec![6, 1, 0x40], WireError::Truncated),
+            // AMO_FLOOR
+            (vec![7], WireError::Truncated),
+            // CLOSE
+            (vec![8, 0, 0x41, 0x00], WireError::ReasonTooLong),
+            (vec![8, 0, 1, 0xff], WireError::BadReason),
+            (vec![8, 0, 2, 0xc3, 0x28], WireError::BadReason),
+            (vec![8, 0, 2, b'a'], WireError::Truncated),
+            // A valid frame followed by the start of another: trailing garbage.
+            (vec![1, 4, 1], WireError::Truncated),
+            (vec![0, 0, 1, 8], WireError::Truncated),
+        ];
+        for (payload, err) in &table {
+            assert_eq!(validate(payload), Err(*err), "payload {payload:02x?}");
+            // The iterator stops after the error.
+            let mut it = frames(payload);
+            if !payload.is_empty() {
+                assert_eq!(it.by_ref().find_map(Result::err), Some(*err));
+            }
+            assert!(it.next().is_none());
+        }
+    }
+
+    #[test]
+    fn every_frame_type_has_the_documented_layout() {
+        assert_eq!(one(&[0, 0, 0]), Frame::Padding { len: 3 });
+        assert_eq!(one(&[1]), Frame::Ping);
+        assert_eq!(one(&[7, 0x40, 0x64]), Frame::AmoFloor { floor: 100 });
+
+        // ACK: largest 12, delay 25, 2 more ranges, first range 2 -> 10..13,
+        // gap 1 len 3 -> 4..8, gap 2 len 0 -> 0..1.
+        let Frame::Ack(ack) = one(&[2, 12, 25, 2, 2, 1, 3, 2, 0]) else {
+            panic!()
+        };
+        assert_eq!((ack.largest, ack.ack_delay_us), (12, 25));
+        assert_eq!(ack.ranges().collect::<Vec<_>>(), [10..13, 4..8, 0..1]);
+        assert_eq!(ack.ranges().len(), 3);
+        assert_eq!((ack.smallest(), ack.range_count()), (0, 3));
+        assert!(!Frame::Ack(ack).is_ack_eliciting());
+
+        // MSG_ACK: cumulative 10, limit 100, ranges 11..12 and 15..20.
+        let Frame::MsgAck(m) = one(&[3, 10, 0x40, 100, 2, 1, 0, 3, 4]) else {
+            panic!()
+        };
+        assert_eq!((m.cumulative, m.limit, m.range_count()), (10, 100, 2));
+        assert_eq!(m.ranges().collect::<Vec<_>>(), [11..12, 15..20]);
+
+        // MESSAGE: exactly-once, ordered, fragment 1 of 3 of a 5-byte message (chunk 2).
+        let bytes = [4, 0b1110, 7, 42, 9, 5, 3, 1, 2, b'c', b'd'];
+        let Frame::Message(msg) = one(&bytes) else {
+            panic!()
+        };
+        assert_eq!(
+            msg,
+            MessageFrame {
+                guarantee: Guarantee::ExactlyOnce,
+                channel: 7,
+                id: 42,
+                chan_seq: Some(9),
+                fragment: Some(Fragment {
+                    total_len: 5,
+                    count: 3,
+                    index: 1
+                }),
+                payload: b"cd",
+            }
+        );
+        assert_eq!(emitted(|w| msg.emit(w)), bytes);
+        assert_eq!(msg.encoded_len(), bytes.len());
+
+        // FORWARD: id 3 unordered, id 4 ordered on channel 2 at seq 9.
+        let Frame::Forward(fwd) = one(&[5, 2, 3, 0, 4, 1, 2, 9]) else {
+            panic!()
+        };
+        assert_eq!(fwd.len(), 2);
+        assert!(!fwd.is_empty());
+        assert_eq!(
+            fwd.entries().collect::<Vec<_>>(),
+            [
+                ForwardEntry {
+                    id: 3,
+                    ordered: None
+                },
+                ForwardEntry {
+                    id: 4,
+                    ordered: Some((2, 9))
+                },
+            ]
+        );
+
+        let Frame::Reject(rej) = one(&[6, 3, 1, 0x40, 0x40, 2]) else {
+            panic!()
+        };
+        assert_eq!(rej.ids().collect::<Vec<_>>(), [1, 64, 2]);
+        assert_eq!(rej.len(), 3);
+
+        let Frame::Close(close) = one(&[8, 0, 3, b'b', b'y', b'e']) else {
+            panic!()
+        };
+        assert_eq!(
+            close,
+            CloseFrame {
+                code: 0,
+                reason: b"bye"
+            }
+        );
+        assert!(Frame::Close(close).is_ack_eliciting());
+        assert!(!Frame::Padding { len: 1 }.is_ack_eliciting());
+    }
+
+    #[test]
+    fn reemitting_a_parsed_frame_uses_the_shortest_varints() {
+        // ACK and REJECT with two-byte forms of small values.
+        let Frame::Ack(ack) = one(&[2, 0x40, 12, 25, 2, 2, 0x40, 1, 3, 2, 0]) else {
+            panic!()
+        };
+        assert_eq!(
+            emitted(|w| Frame::Ack(ack).emit(w)),
+            [2, 12, 25, 2, 2, 1, 3, 2, 0]
+        );
+        assert_eq!(Frame::Ack(ack).encoded_len(), 9);
+        let Frame::Reject(rej) = one(&[6, 0x40, 2, 0x40, 1, 5]) else {
+            panic!()
+        };
+        assert_eq!(emitted(|w| Frame::Reject(rej).emit(w)), [6, 2, 1, 5]);
+    }
+
+    #[test]
+    fn empty_lists_write_nothing() {
+        assert!(emitted(|w| emit_ack(w, 5, std::iter::empty())).is_empty());
+        assert_eq!(ack_frame_len(5, std::iter::empty()), 0);
+        assert!(emitted(|w| emit_forward(w, &[])).is_empty());
+        assert_eq!(forward_frame_len(&[]), 0);
+        assert!(emitted(|w| emit_reject(w, &[])).is_empty());
+        assert_eq!(reject_frame_len(&[]), 0);
+    }
+
+    #[test]
+    fn emit_writes_whole_frames_or_nothing() {
+        let entries = [ForwardEntry {
+            id: 1,
+            ordered: Some((3, 400)),
+        }];
+        let msg = MessageFrame {
+            guarantee: Guarantee::AtMostOnce,
+            channel: 0,
+            id: 1,
+            chan_seq: None,
+            fragment: None,
+            payload: &[1, 2, 3],
+        };
+        let close = CloseFrame {
+            code: 1,
+            reason: b"x",
+        };
+        type Emit<'a> = Box<dyn Fn(&mut Writer<'_>) -> Result<(), WireError> + 'a>;
+        let cases: Vec<(usize, Emit<'_>)> = vec![
+            (
+                ack_frame_len(9, std::iter::once(5..9)),
+                Box::new(|w| emit_ack(w, 9, std::iter::once(5..9))),
+            ),
+            (
+                msg_ack_frame_len(1, 9, std::iter::once(5..9)),
+                Box::new(|w| emit_msg_ack(w, 1, 9, std::iter::once(5..9))),
+            ),
+            (
+                forward_frame_len(&entries),
+                Box::new(|w| emit_forward(w, &entries)),
+            ),
+            (
+                reject_frame_len(&[1, 99]),
+                Box::new(|w| emit_reject(w, &[1, 99])),
+            ),
+            (msg.encoded_len(), Box::new(|w| msg.emit(w))),
+            (
+                Frame::Close(close).encoded_len(),
+                Box::new(|w| Frame::Close(close).emit(w)),
+            ),
+            (2, Box::new(|w| Frame::AmoFloor { floor: 3 }.emit(w))),
+            (1, Box::new(|w| Frame::Ping.emit(w))),
+        ];
+        for (len, emit) in &cases {
+            let mut buf = vec![0xaa; len + 1];
+            for room in 0..*len {
+                let mut w = Writer::new(&mut buf[..room]);
+                assert_eq!(emit(&mut w), Err(WireError::BufferTooSmall));
+                assert_eq!(w.position(), 0);
+            }
+            assert!(buf.iter().all(|&b| b == 0xaa), "wrote into a short buffer");
+            let mut w = Writer::new(&mut buf);
+            emit(&mut w).unwrap();
+            assert_eq!(w.position(), *len);
+            one(&buf[..*len]);
+        }
+    }
+
+    #[test]
+    fn emit_refuses_what_the_parser_would_reject() {
+        let msg = MessageFrame {
+            guarantee: Guarantee::AtMostOnce,
+            channel: 0,
+            id: 1,
+            chan_seq: Some(1),
+            fragment: None,
+            payload: &[],
+        };
+        let frag = MessageFrame {
+            guarantee: Guarantee::AtLeastOnce,
+            chan_seq: None,
+            fragment: Some(Fragment {
+                total_len: 10,
+                count: 4,
+                index: 3,
+            }),
+            payload: &[1, 2],
+            ..msg
+        };
+        let long = [b'a'; MAX_REASON_LEN + 1];
+        let table: &[(Frame<'_>, WireError)] = &[
+            (Frame::Message(msg), WireError::OrderedAtMostOnce),
+            (Frame::Message(frag), WireError::BadFragment),
+            (
+                Frame::Message(MessageFrame {
+                    fragment: Some(Fragment {
+                        total_len: 10,
+                        count: 11,
+                        index: 0,
+                    }),
+                    ..frag
+                }),
+                WireError::BadFragment,
+            ),
+            (
+                Frame::Message(MessageFrame {
+                    id: MAX_VARINT + 1,
+                    ..frag
+                }),
+                WireError::ValueTooLarge,
+            ),
+            (
+                Frame::AmoFloor { floor: u64::MAX },
+                WireError::ValueTooLarge,
+            ),
+            (
+                Frame::Close(CloseFrame {
+                    code: 0,
+                    reason: &long,
+                }),
+                WireError::ReasonTooLong,
+            ),
+            (
+                Frame::Close(CloseFrame {
+                    code: 0,
+                    reason: &[0xff],
+                }),
+                WireError::BadReason,
+            ),
+            (
+                Frame::Close(CloseFrame {
+                    code: 1 << 62,
+                    reason: b"",
+                }),
+                WireError::ValueTooLarge,
+            ),
+        ];
+        let mut buf = [0u8; 512];
+        for (frame, err) in table {
+            let mut w = Writer::new(&mut buf);
+            assert_eq!(frame.emit(&mut w), Err(*err), "{frame:?}");
+            assert_eq!(w.position(), 0);
+        }
+        let mut w = Writer::new(&mut buf);
+        assert_eq!(
+            emit_msg_ack(&mut w, 5, 4, std::iter::empty()),
+            Err(WireError::LimitBelowCumulative)
+        );
+        assert_eq!(
+            emit_reject(&mut w, &[1 << 62]),
+            Err(WireError::ValueTooLarge)
+        );
+        let bad = [ForwardEntry {
+            id: 0,
+            ordered: Some((0, u64::MAX)),
+        }];
+        assert_eq!(emit_forward(&mut w, &bad), Err(WireError::ValueTooLarge));
+        assert_eq!(w.position(), 0);
+
+        // Public fields changed after parsing are checked again.
+        let Frame::Ack(mut ack) = one(&[2, 12, 25, 1, 2, 1, 3]) else {
+            panic!()
+        };
+        ack.largest = 5;
+        assert_eq!(
+            Frame::Ack(ack).emit(&mut w),
+            Err(WireError::AckRangeUnderflow)
+        );
+        let Frame::MsgAck(mut m) = one(&[3, 10, 20, 1, 1, 0]) else {
+            panic!()
+        };
+        m.cumulative = MAX_VARINT;
+        m.limit = MAX_VARINT;
+        assert_eq!(
+            Frame::MsgAck(m).emit(&mut w),
+            Err(WireError::BadMsgAckRange)
+        );
+        assert_eq!(w.position(), 0);
+    }
+
+    #[test]
+    fn fragment_byte_ranges() {
+        let table: &[(u64, u64, u64, Option<Range<u64>>)] = &[
+            (10, 2, 0, Some(0..5)),
+            (10, 2, 1, Some(5..10)),
+            (10, 3, 2, Some(8..10)),
+            (10, 4, 3, Some(9..10)),
+            (10, 10, 9, Some(9..10)),
+            (11, 2, 1, Some(6..11)),
+            (10, 1, 0, None),  // one fragment is not a fragment
+            (10, 0, 0, None),  // no fragments
+            (10, 4, 4, None),  // index out of range
+            (10, 6, 0, None),  // fragment 5 would be empty
+            (10, 11, 0, None), // more fragments than bytes
+            (0, 2, 0, None),   // empty message
+            (
+                MAX_VARINT,
+                MAX_VARINT,
+                MAX_VARINT - 1,
+                Some(MAX_VARINT - 1..MAX_VARINT),
+            ),
+            (MAX_VARINT, 2, 1, Some(1 << 61..MAX_VARINT)),
+            (
+                u64::MAX,
+                u64::MAX,
+                u64::MAX - 1,
+                Some(u64::MAX - 1..u64::MAX),
+            ),
+            (u64::MAX, 3, 2, Some(12297829382473034410..u64::MAX)),
+        ];
+        for (total, count, index, want) in table {
+            assert_eq!(
+                Fragment::byte_range(*total, *count, *index),
+                *want,
+                "total {total} count {count} index {index}"
+            );
+        }
+    }
+
+    #[test]
+    fn overhead_matches_encoded_len() {
+        let frag = Some(Fragment {
+            total_len: 100_000,
+            count: 100,
+            index: 99,
+        });
+        let payload = [0u8; 1000];
+        let msg = MessageFrame {
+            guarantee: Guarantee::ExactlyOnce,
+            channel: 9,
+            id: 1 << 40,
+            chan_seq: Some(70),
+            fragment: frag,
+            payload: &payload,
+        };
+        assert_eq!(
+            MessageFrame::overhead(true, msg.id, msg.chan_seq, frag, 1000) + 1000,
+            msg.encoded_len()
+        );
+        assert_eq!(emitted(|w| msg.emit(w)).len(), msg.encoded_len());
+        // Without a channel sequence yet, the worst case is assumed.
+        assert_eq!(
+            MessageFrame::overhead(true, 1, None, None, 10),
+            MessageFrame::overhead(false, 1, Some(MAX_VARINT), None, 10)
+        );
+    }
+}
