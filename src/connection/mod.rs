@@ -178,6 +178,8 @@ pub struct Connection {
     /// Abandoned reliable messages the peer has not yet confirmed skipping.
     forward: Vec<wire::ForwardEntry>,
     forward_dirty: bool,
+    /// Where the current round of FORWARD transmissions continues.
+    forward_cursor: usize,
     /// Next channel sequence number per ordered channel.
     chan_seq: Box<[u64; 256]>,
 
@@ -214,6 +216,15 @@ impl fmt::Debug for Connection {
             .field("remote_cid", &self.remote_cid)
             .field("state", &self.state)
             .field("pending_messages", &self.pending_messages)
+            .field("bytes_in_flight", &self.ledger.bytes_in_flight)
+            .field("forward", &self.forward.len())
+            .field("forward_dirty", &self.forward_dirty)
+            .field("msg_ack_dirty", &self.rx.msg_ack_dirty)
+            .field("reject_dirty", &self.rx.reject_dirty)
+            .field("amo_floor_dirty", &self.amo_floor_dirty)
+            .field("probes_pending", &self.probes_pending)
+            .field("retx", &self.retx.len())
+            .field("peer_limit", &self.peer_limit)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +281,7 @@ impl Connection {
             msg_acked: RangeSet::new(256),
             forward: Vec::new(),
             forward_dirty: false,
+            forward_cursor: 0,
             chan_seq: Box::new([0; 256]),
             amo_base: first_id,
             amo_out: VecDeque::new(),

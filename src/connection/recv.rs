@@ -54,6 +54,8 @@ pub(super) struct RecvState {
     /// Reliable ids the application rejected and that have not arrived again.
     pub rejects: Vec<u64>,
     pub reject_dirty: bool,
+    /// Where the current round of REJECT transmissions continues.
+    pub reject_cursor: usize,
 
     /// At-most-once ids delivered (or given up as dead).
     pub amo: DedupWindow,
@@ -80,6 +82,7 @@ impl RecvState {
             msg_ack_dirty: false,
             rejects: Vec::new(),
             reject_dirty: false,
+            reject_cursor: 0,
             amo: DedupWindow::new(first, config.amo_window as usize),
             channels: (0..256).map(|_| None).collect(),
             reassembly: Reassembly::new(config.max_partial_messages),
@@ -417,6 +420,7 @@ impl Connection {
             self.rx.rejects.push(id);
         }
         self.rx.reject_dirty = true;
+        self.rx.reject_cursor = 0;
         self.schedule_ack(now, true);
     }
 

@@ -536,9 +536,11 @@ impl Connection {
         }
         if c & carried::FORWARD != 0 && !self.forward.is_empty() {
             self.forward_dirty = true;
+            self.forward_cursor = 0;
         }
         if c & carried::REJECT != 0 && !self.rx.rejects.is_empty() {
             self.rx.reject_dirty = true;
+            self.rx.reject_cursor = 0;
         }
         if c & carried::AMO_FLOOR != 0 && self.amo_floor_acked < self.amo_base {
             self.amo_floor_dirty = true;
@@ -613,6 +615,7 @@ impl Connection {
             self.peer_limit = f.limit;
             if !self.forward.is_empty() {
                 self.forward_dirty = true;
+                self.forward_cursor = 0;
             }
         }
         while self.out_base < f.cumulative {
@@ -666,8 +669,10 @@ impl Connection {
             Some(m) => m.count,
             None => return,
         };
+        // A copy still in flight may have reached the receiver before it rejected the
+        // message, so everything not already queued is sent again.
         for frag in 0..count {
-            self.requeue(id, frag, |s| s == FragState::Received);
+            self.requeue(id, frag, |s| s != FragState::Queued);
         }
     }
 }

@@ -262,40 +262,58 @@ impl Connection {
         }
     }
 
+    /// Writes FORWARD entries, continuing a round through the list where the previous packet
+    /// stopped, so that a list longer than one packet is sent in full.
     fn write_forward(&mut self, w: &mut Writer<'_>) -> bool {
         let limit = self.peer_limit;
         let mut sendable: Vec<ForwardEntry> = std::mem::take(&mut self.forward_scratch);
         sendable.clear();
-        sendable.extend(self.forward.iter().filter(|e| e.id < limit).copied());
+        let from = self.forward_cursor.min(self.forward.len());
+        sendable.extend(self.forward[from..].iter().filter(|e| e.id < limit).copied());
+        let all = sendable.len();
         while !sendable.is_empty() && wire::forward_frame_len(&sendable) > w.remaining() {
             sendable.truncate(sendable.len() / 2);
         }
         let ok = !sendable.is_empty() && wire::emit_forward(w, &sendable).is_ok();
-        if ok && sendable.len() == self.forward.len() {
+        if ok && sendable.len() < all {
+            // Resume after the last entry written.
+            let last = sendable[sendable.len() - 1].id;
+            self.forward_cursor = self.forward[from..]
+                .iter()
+                .position(|e| e.id == last)
+                .map_or(self.forward.len(), |i| from + i + 1);
+        } else if ok || all == 0 {
+            // The round is complete; entries beyond the peer's credit wait for more credit
+            // (which starts a new round).
             self.forward_dirty = false;
-        }
-        if self.forward.iter().all(|e| e.id >= limit) {
-            // Nothing sendable until the peer grants more credit.
-            self.forward_dirty = false;
+            self.forward_cursor = 0;
         }
         self.forward_scratch = sendable;
         ok
     }
 
+    /// Writes REJECT ids, continuing a round through the list where the previous packet
+    /// stopped.
     fn write_reject(&mut self, w: &mut Writer<'_>) -> bool {
-        if self.rx.rejects.is_empty() {
+        let from = self.rx.reject_cursor.min(self.rx.rejects.len());
+        let rest = &self.rx.rejects[from..];
+        if rest.is_empty() {
             self.rx.reject_dirty = false;
+            self.rx.reject_cursor = 0;
             return false;
         }
-        let mut n = self.rx.rejects.len();
-        while n > 0 && wire::reject_frame_len(&self.rx.rejects[..n]) > w.remaining() {
+        let mut n = rest.len();
+        while n > 0 && wire::reject_frame_len(&rest[..n]) > w.remaining() {
             n /= 2;
         }
-        if n == 0 || wire::emit_reject(w, &self.rx.rejects[..n]).is_err() {
+        if n == 0 || wire::emit_reject(w, &rest[..n]).is_err() {
             return false;
         }
-        if n == self.rx.rejects.len() {
+        if n == rest.len() {
             self.rx.reject_dirty = false;
+            self.rx.reject_cursor = 0;
+        } else {
+            self.rx.reject_cursor = from + n;
         }
         true
     }
