@@ -277,7 +277,10 @@ impl Config {
         }
         if let Some(k) = self.keepalive_interval {
             if k.is_zero() || k >= self.idle_timeout {
-                return bad("keepalive_interval", "must be non-zero and below idle_timeout");
+                return bad(
+                    "keepalive_interval",
+                    "must be non-zero and below idle_timeout",
+                );
             }
         }
         if self.initial_packet_number > crate::seq::MAX_SEQ / 2
@@ -318,19 +321,34 @@ mod tests {
     #[test]
     fn rejects_out_of_range_fields() {
         let cases: Vec<(Config, &str)> = vec![
-            (Config::default().max_datagram_size(100), "max_datagram_size"),
-            (Config::default().max_datagram_size(70_000), "max_datagram_size"),
+            (
+                Config::default().max_datagram_size(100),
+                "max_datagram_size",
+            ),
+            (
+                Config::default().max_datagram_size(70_000),
+                "max_datagram_size",
+            ),
             (Config::default().window(10), "window"),
             (Config::default().amo_window(1), "amo_window"),
             (Config::default().max_fragments(1), "max_fragments"),
-            (Config::default().max_message_size(1 << 30), "max_message_size"),
+            (
+                Config::default().max_message_size(1 << 30),
+                "max_message_size",
+            ),
             (Config::default().min_rto(Duration::ZERO), "min_rto"),
             (
                 Config::default().keepalive_interval(Some(Duration::from_secs(60))),
                 "keepalive_interval",
             ),
-            (Config::default().max_pending_messages(0), "max_pending_messages"),
-            (Config::default().initial_message_id(1 << 62), "initial_message_id"),
+            (
+                Config::default().max_pending_messages(0),
+                "max_pending_messages",
+            ),
+            (
+                Config::default().initial_message_id(1 << 62),
+                "initial_message_id",
+            ),
         ];
         for (config, field) in cases {
             assert_eq!(config.validate().unwrap_err().field, field);

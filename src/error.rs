@@ -31,7 +31,10 @@ impl fmt::Display for SendError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SendError::TooLarge { size, max } => {
-                write!(f, "message of {size} bytes exceeds the maximum of {max} bytes")
+                write!(
+                    f,
+                    "message of {size} bytes exceeds the maximum of {max} bytes"
+                )
             }
             SendError::Backpressure => f.write_str("send buffer full (back-pressure)"),
             SendError::OrderedAtMostOnce => {

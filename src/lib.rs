@@ -102,3 +102,8 @@ pub use message::{ChannelId, Guarantee, SendOptions};
 pub use rng::Rng;
 pub use seq::{MessageId, PacketNumber};
 pub use stats::Stats;
+
+/// The README's code blocks, compiled and run as doc-tests so they stay true.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -35,8 +35,7 @@ impl PacketNumber {
         let hwin = win / 2;
         let mask = win - 1;
         let candidate = (expected & !mask) | u64::from(truncated);
-        let pn = if expected > hwin && candidate <= expected - hwin && candidate < (1 << 62) - win
-        {
+        let pn = if expected > hwin && candidate <= expected - hwin && candidate < (1 << 62) - win {
             candidate + win
         } else if candidate > expected + hwin && candidate >= win {
             candidate - win

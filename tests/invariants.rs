@@ -7,19 +7,21 @@
 
 mod common;
 
-use common::{run_seed, Workload};
+use common::{Workload, run_seed};
 use surely::sim::for_each_seed;
 
 fn run_many(seeds: std::ops::Range<u64>, workload: &Workload) -> (u64, u64, u64) {
     let totals = std::sync::Mutex::new((0u64, 0u64, 0u64));
-    for_each_seed("SURELY_SEED", seeds, |seed| match run_seed(seed, workload, true) {
-        Ok(s) => {
-            let mut t = totals.lock().unwrap();
-            t.0 += s.sent;
-            t.1 += s.delivered;
-            t.2 += s.undeliverable;
+    for_each_seed("SURELY_SEED", seeds, |seed| {
+        match run_seed(seed, workload, true) {
+            Ok(s) => {
+                let mut t = totals.lock().unwrap();
+                t.0 += s.sent;
+                t.1 += s.delivered;
+                t.2 += s.undeliverable;
+            }
+            Err(errors) => panic!("seed {seed} broke an invariant:\n{}", errors.join("\n")),
         }
-        Err(errors) => panic!("seed {seed} broke an invariant:\n{}", errors.join("\n")),
     });
     totals.into_inner().unwrap()
 }

@@ -100,7 +100,8 @@ impl Ledger {
         amo_floor: u64,
     ) -> u64 {
         let pn = self.next_pn();
-        let frames_start = self.frames_base + self.frames.len() as u64 - u64::from(self.open_frames);
+        let frames_start =
+            self.frames_base + self.frames.len() as u64 - u64::from(self.open_frames);
         let pkt = SentPacket {
             time,
             size,

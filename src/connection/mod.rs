@@ -410,7 +410,8 @@ impl Connection {
         log::debug!("conn {}: {} -> SHUTDOWN", self.local_cid, self.state);
         self.state = State::Shutdown;
         self.close_reason = Some(CloseReason::Local);
-        self.timers.set(Timer::Drain, now + self.config.drain_timeout);
+        self.timers
+            .set(Timer::Drain, now + self.config.drain_timeout);
         self.maybe_finish_shutdown(now);
     }
 

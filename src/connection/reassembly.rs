@@ -17,16 +17,6 @@ pub(super) enum Space {
     Reliable,
 }
 
-impl Space {
-    pub fn of(g: Guarantee) -> Space {
-        if g.is_reliable() {
-            Space::Reliable
-        } else {
-            Space::AtMostOnce
-        }
-    }
-}
-
 /// Metadata every fragment of a message repeats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct MessageMeta {
@@ -59,8 +49,8 @@ pub(super) enum FragmentOutcome {
     Conflict,
     /// No room (partial-message slots or bytes): dropped; the sender will resend or give up.
     NoRoom,
-    /// The fragment completed the message.
-    Complete(MessageMeta, Vec<u8>),
+    /// The fragment completed the message: its bytes.
+    Complete(Vec<u8>),
 }
 
 /// A discarded partial message.
@@ -94,11 +84,13 @@ impl Reassembly {
     }
 
     /// Number of partial messages.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.partials.len()
     }
 
     /// Whether a partial message with this id exists.
+    #[cfg(test)]
     pub fn contains(&self, space: Space, id: u64) -> bool {
         self.partials.iter().any(|p| p.space == space && p.id == id)
     }
@@ -164,7 +156,7 @@ impl Reassembly {
         }
         let done = self.partials.swap_remove(idx);
         self.bytes -= done.data.len();
-        FragmentOutcome::Complete(done.meta, done.data)
+        FragmentOutcome::Complete(done.data)
     }
 
     /// Discards the partial message with this id, if any.
@@ -269,10 +261,7 @@ mod tests {
         assert_eq!(r.bytes(), 1000);
         let (f, fr) = frag(&data, 5, 4, 1);
         match r.on_fragment(now, Space::Reliable, &f, fr, 1 << 20) {
-            FragmentOutcome::Complete(meta, bytes) => {
-                assert_eq!(bytes, data);
-                assert_eq!(meta.count, 4);
-            }
+            FragmentOutcome::Complete(bytes) => assert_eq!(bytes, data),
             other => panic!("{other:?}"),
         }
         assert_eq!(r.bytes(), 0);

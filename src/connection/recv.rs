@@ -91,12 +91,7 @@ impl RecvState {
     }
 
     pub fn buffered_bytes(&self) -> usize {
-        let held: usize = self
-            .channels
-            .iter()
-            .flatten()
-            .map(|c| c.held_bytes())
-            .sum();
+        let held: usize = self.channels.iter().flatten().map(|c| c.held_bytes()).sum();
         self.reassembly.bytes() + self.queued_bytes + held
     }
 }
@@ -278,7 +273,7 @@ impl Connection {
                         return true;
                     }
                     FragmentOutcome::NoRoom => return false,
-                    FragmentOutcome::Complete(_, data) => data,
+                    FragmentOutcome::Complete(data) => data,
                 }
             }
             None => {
@@ -456,7 +451,7 @@ impl Connection {
                     }
                     FragmentOutcome::Duplicate | FragmentOutcome::Conflict => return false,
                     FragmentOutcome::NoRoom => return false,
-                    FragmentOutcome::Complete(_, data) => data,
+                    FragmentOutcome::Complete(data) => data,
                 }
             }
             None => {
@@ -488,7 +483,10 @@ impl Connection {
     fn report_gaps(&mut self, count: u64) {
         if count > 0 {
             self.stats.amo_gaps += count;
-            log::debug!("conn {}: {count} at-most-once messages lost", self.local_cid);
+            log::debug!(
+                "conn {}: {count} at-most-once messages lost",
+                self.local_cid
+            );
             self.events.push_back(Event::Lost { count });
         }
     }
@@ -536,7 +534,10 @@ impl Connection {
     }
 
     pub(super) fn arm_reassembly_timer(&mut self) {
-        let t = self.rx.reassembly.next_expiry(self.config.reassembly_timeout);
+        let t = self
+            .rx
+            .reassembly
+            .next_expiry(self.config.reassembly_timeout);
         self.timers.set_opt(Timer::Reassembly, t);
     }
 

@@ -5,13 +5,13 @@
 use std::cmp::Reverse;
 use std::time::Instant;
 
-use super::ledger::{carried, SentFrame, SentPacket};
-use super::{fragment_chunk, Connection, State};
+use super::ledger::{SentFrame, SentPacket, carried};
+use super::{Connection, State, fragment_chunk};
 use crate::error::{DatagramError, SendError};
 use crate::event::{Event, UndeliverableReason};
 use crate::message::{Guarantee, SendOptions};
 use crate::rtt::backoff;
-use crate::seq::{MessageId, MAX_SEQ};
+use crate::seq::{MAX_SEQ, MessageId};
 use crate::timer::Timer;
 use crate::wire::{AckFrame, ForwardEntry, MsgAckFrame};
 
@@ -216,7 +216,9 @@ impl Connection {
     /// Reports a message Delivered.
     fn deliver_outcome(&mut self, now: Instant, id: u64, guarantee: Guarantee, queued_at: Instant) {
         self.stats.delivered += 1;
-        self.stats.latency.record(now.saturating_duration_since(queued_at));
+        self.stats
+            .latency
+            .record(now.saturating_duration_since(queued_at));
         self.events.push_back(Event::Delivered {
             id: MessageId(id),
             guarantee,
@@ -380,7 +382,8 @@ impl Connection {
             if start >= r.end {
                 continue;
             }
-            self.acked_pns.insert_with_new(start..r.end, |n| newly.push(n));
+            self.acked_pns
+                .insert_with_new(start..r.end, |n| newly.push(n));
         }
         let mut largest_newly_acked = None;
         for r in &newly {
@@ -641,7 +644,8 @@ impl Connection {
         for r in f.ranges() {
             let start = r.start.max(self.out_base);
             if start < r.end {
-                self.msg_acked.insert_with_new(start..r.end, |n| newly.push(n));
+                self.msg_acked
+                    .insert_with_new(start..r.end, |n| newly.push(n));
             }
         }
         for r in &newly {

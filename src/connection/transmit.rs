@@ -3,12 +3,14 @@
 
 use std::time::Instant;
 
-use super::ledger::{carried, SentFrame};
+use super::ledger::{SentFrame, carried};
 use super::send::FragState;
 use super::{Connection, State};
 use crate::message::Guarantee;
 use crate::seq::PacketNumber;
-use crate::wire::{self, CloseFrame, ForwardEntry, Fragment, Frame, Header, MessageFrame, PacketType, Writer};
+use crate::wire::{
+    self, CloseFrame, ForwardEntry, Fragment, Frame, Header, MessageFrame, PacketType, Writer,
+};
 
 /// Which queue the next message fragment comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +44,8 @@ impl Connection {
             State::Closing => self.close_pending,
             State::Draining | State::Closed => false,
         };
-        let cwnd_open = self.ledger.bytes_in_flight + mds as u64 <= self.cc.window()
-            || self.probes_pending > 0;
+        let cwnd_open =
+            self.ledger.bytes_in_flight + mds as u64 <= self.cc.window() || self.probes_pending > 0;
         let data = sends_data && cwnd_open && self.has_data();
         if !(ack_now || control || data) {
             return None;
@@ -109,11 +111,13 @@ impl Connection {
         if data {
             eliciting |= self.write_messages(pn, &mut w);
         }
-        if sends_data && !eliciting && (self.ping_pending || self.probes_pending > 0) {
-            if Frame::Ping.emit(&mut w).is_ok() {
-                carried_flags |= carried::PING;
-                eliciting = true;
-            }
+        if sends_data
+            && !eliciting
+            && (self.ping_pending || self.probes_pending > 0)
+            && Frame::Ping.emit(&mut w).is_ok()
+        {
+            carried_flags |= carried::PING;
+            eliciting = true;
         }
         let len = w.position();
         if len <= wire::HEADER_LEN {
@@ -222,10 +226,9 @@ impl Connection {
     }
 
     fn write_ack(&mut self, now: Instant, w: &mut Writer<'_>) {
-        let delay_us = self
-            .rx
-            .largest
-            .map_or(0, |(_, t)| now.saturating_duration_since(t).as_micros() as u64);
+        let delay_us = self.rx.largest.map_or(0, |(_, t)| {
+            now.saturating_duration_since(t).as_micros() as u64
+        });
         let mut n = wire::MAX_ACK_RANGES;
         while n > 0 {
             let ranges = self.rx.received.iter().rev().take(n);
@@ -269,7 +272,12 @@ impl Connection {
         let mut sendable: Vec<ForwardEntry> = std::mem::take(&mut self.forward_scratch);
         sendable.clear();
         let from = self.forward_cursor.min(self.forward.len());
-        sendable.extend(self.forward[from..].iter().filter(|e| e.id < limit).copied());
+        sendable.extend(
+            self.forward[from..]
+                .iter()
+                .filter(|e| e.id < limit)
+                .copied(),
+        );
         let all = sendable.len();
         while !sendable.is_empty() && wire::forward_frame_len(&sendable) > w.remaining() {
             sendable.truncate(sendable.len() / 2);

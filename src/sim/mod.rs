@@ -75,7 +75,7 @@ use std::panic::{self, AssertUnwindSafe};
 pub use fault::FaultPlan;
 pub use link::{BurstLoss, LinkConfig};
 pub use network::{Delivery, NetStats, Network, NodeId};
-pub use pair::{Pair, NODE_A, NODE_B};
+pub use pair::{NODE_A, NODE_B, Pair};
 
 /// Reads a seed from the environment variable `var`: decimal or `0x`-prefixed hexadecimal
 /// (underscores allowed). Returns `default` if the variable is unset or empty.

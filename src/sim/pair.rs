@@ -82,10 +82,7 @@ impl Pair {
     /// If a connection emits more than 100,000 datagrams at one instant: a connection that
     /// never stops sending is a bug, and the simulator says so instead of running out of memory.
     pub fn flush(&mut self) {
-        for (conn, from, to) in [
-            (&mut self.a, NODE_A, NODE_B),
-            (&mut self.b, NODE_B, NODE_A),
-        ] {
+        for (conn, from, to) in [(&mut self.a, NODE_A, NODE_B), (&mut self.b, NODE_B, NODE_A)] {
             let mut sent = 0;
             while let Some(n) = conn.poll_transmit(self.now, &mut self.buf) {
                 self.net.send(self.now, from, to, &self.buf[..n]);

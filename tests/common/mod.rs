@@ -286,7 +286,9 @@ pub fn config_for(seed: u64) -> Config {
         c = c.congestion(surely::CongestionControl::None);
     }
     if r.chance(0.2) {
-        c = c.initial_message_id((1 << 32) - 30).initial_packet_number((1 << 32) - 20);
+        c = c
+            .initial_message_id((1 << 32) - 30)
+            .initial_packet_number((1 << 32) - 20);
     }
     c
 }
@@ -310,7 +312,12 @@ pub fn run_seed(seed: u64, workload: &Workload, faults: bool) -> Result<Summary,
     let mut checker = Checker::new(config.ack_mode);
     // Schedule sends.
     let mut schedule: Vec<(Duration, u64)> = (0..workload.messages as u64)
-        .map(|i| (Duration::from_micros(rng.below(workload.spread.as_micros() as u64)), i))
+        .map(|i| {
+            (
+                Duration::from_micros(rng.below(workload.spread.as_micros() as u64)),
+                i,
+            )
+        })
         .collect();
     schedule.sort();
     let mut next_send = 0;
@@ -435,11 +442,7 @@ pub fn run_seed(seed: u64, workload: &Workload, faults: bool) -> Result<Summary,
         let all_outcomes = all_sent && checker.sent.values().all(|s| s.outcome.is_some());
         let amo_settled = pair.b.is_closed() || {
             let amo_sent = checker.sent.keys().filter(|k| !k.0).count() as u64;
-            let amo_recv = checker
-                .received
-                .keys()
-                .filter(|k| !k.0)
-                .count() as u64;
+            let amo_recv = checker.received.keys().filter(|k| !k.0).count() as u64;
             amo_recv + checker.gaps_reported == amo_sent
         };
         if all_outcomes && amo_settled && held_tokens.is_empty() {
