@@ -283,10 +283,12 @@ impl Config {
                 );
             }
         }
-        if self.initial_packet_number > crate::seq::MAX_SEQ / 2
-            || self.initial_message_id > crate::seq::MAX_SEQ / 2
-        {
-            return bad("initial_message_id", "must leave room below 2^61");
+        let room = crate::seq::MAX_SEQ - (1 << 32);
+        if self.initial_packet_number > room || self.initial_message_id > room {
+            return bad(
+                "initial_message_id",
+                "initial ids must leave 2^32 values below 2^62",
+            );
         }
         Ok(())
     }

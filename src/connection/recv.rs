@@ -114,11 +114,12 @@ impl Connection {
             self.stats.dropped_stale += 1;
             return Err(DatagramError::UnknownConnection);
         }
-        let pn = PacketNumber::expand(
-            header.packet_number,
-            self.rx.largest.map(|(l, _)| PacketNumber(l)),
-        )
-        .0;
+        // Before the first packet, expand around the agreed initial packet number.
+        let reference = match self.rx.largest {
+            Some((l, _)) => Some(PacketNumber(l)),
+            None => self.rx.pn_floor.checked_sub(1).map(PacketNumber),
+        };
+        let pn = PacketNumber::expand(header.packet_number, reference).0;
         if pn < self.rx.pn_floor || self.rx.received.contains(pn) {
             // A copy: our acknowledgement may have been lost, so acknowledge again soon.
             self.stats.dropped_stale += 1;

@@ -536,6 +536,7 @@ impl Connection {
         let c = pkt.carried;
         if c & carried::MSG_ACK != 0 {
             self.rx.msg_ack_dirty = true;
+            self.rx.ack_due = true;
         }
         if c & carried::FORWARD != 0 && !self.forward.is_empty() {
             self.forward_dirty = true;

@@ -1,1 +1,258 @@
-//! Connection unit tests (scenario tests live in tests/).
+//! Connection unit tests that need hand-made datagrams or internal state. Scenario tests over
+//! the simulator live in tests/.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::wire::{Frame, Header, MessageFrame, PacketType};
+
+#[allow(clippy::disallowed_methods)] // origin of virtual time; only offsets matter
+fn t0() -> Instant {
+    Instant::now()
+}
+
+fn conn(config: Config, now: Instant) -> Connection {
+    Connection::new(Arc::new(config), 2, 1, now).unwrap()
+}
+
+/// A datagram from the peer (cid 1) to us (cid 2).
+fn datagram(pn: u32, frames: &[Frame<'_>]) -> Vec<u8> {
+    let mut buf = vec![0u8; 2048];
+    let header = Header {
+        packet_type: PacketType::Data,
+        conn_id: 2,
+        packet_number: pn,
+    };
+    let n = wire::encode_datagram(&mut buf, &header, frames, &Crc32).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn message(g: Guarantee, id: u64, payload: &[u8]) -> Frame<'_> {
+    Frame::Message(MessageFrame {
+        guarantee: g,
+        channel: 0,
+        id,
+        chan_seq: None,
+        fragment: None,
+        payload,
+    })
+}
+
+use crate::message::Guarantee;
+
+fn messages(c: &mut Connection) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    while let Some(ev) = c.poll_event() {
+        if let Event::Message(m) = ev {
+            out.push((m.id.get(), m.payload));
+        }
+    }
+    out
+}
+
+#[test]
+fn delivers_and_acknowledges_a_message() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    c.handle_datagram(
+        now,
+        &datagram(0, &[message(Guarantee::ExactlyOnce, 0, b"hi")]),
+    )
+    .unwrap();
+    assert_eq!(messages(&mut c), vec![(0, b"hi".to_vec())]);
+    // One ack-eliciting packet: the acknowledgement waits for max_ack_delay...
+    let mut buf = [0u8; 1500];
+    assert!(c.poll_transmit(now, &mut buf).is_none());
+    let due = c.poll_timeout().unwrap();
+    assert!(due <= now + Duration::from_millis(1));
+    c.handle_timeout(due);
+    let n = c.poll_transmit(due, &mut buf).unwrap();
+    // ...and then carries ACK and MSG_ACK.
+    let (_, payload) = wire::open(&buf[..n], &Crc32).unwrap();
+    let frames: Vec<_> = wire::frames(payload).map(|f| f.unwrap()).collect();
+    assert!(matches!(frames[0], Frame::Ack(a) if a.largest == 0));
+    assert!(matches!(frames[1], Frame::MsgAck(m) if m.cumulative == 1));
+}
+
+#[test]
+fn copies_of_a_packet_and_of_a_message_are_suppressed() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    let d = datagram(0, &[message(Guarantee::ExactlyOnce, 0, b"x")]);
+    c.handle_datagram(now, &d).unwrap();
+    assert_eq!(c.handle_datagram(now, &d), Err(DatagramError::Stale));
+    // The same message in another packet: recognised by id.
+    c.handle_datagram(
+        now,
+        &datagram(1, &[message(Guarantee::ExactlyOnce, 0, b"x")]),
+    )
+    .unwrap();
+    assert_eq!(messages(&mut c).len(), 1);
+    assert_eq!(c.stats().duplicates_suppressed, 1);
+    // At-least-once copies may be handed over again; exactly-once never.
+    c.handle_datagram(
+        now,
+        &datagram(2, &[message(Guarantee::AtLeastOnce, 1, b"y")]),
+    )
+    .unwrap();
+    c.handle_datagram(
+        now,
+        &datagram(3, &[message(Guarantee::AtLeastOnce, 1, b"y")]),
+    )
+    .unwrap();
+    assert_eq!(
+        messages(&mut c).len(),
+        1,
+        "below the cumulative point: a copy"
+    );
+}
+
+#[test]
+fn message_beyond_the_window_is_not_acknowledged() {
+    let now = t0();
+    let mut c = conn(Config::default().window(256), now);
+    let far = datagram(0, &[message(Guarantee::ExactlyOnce, 256, b"far")]);
+    c.handle_datagram(now, &far).unwrap();
+    assert!(messages(&mut c).is_empty());
+    assert_eq!(c.stats().dropped_no_room, 1);
+    assert_eq!(c.stats().packets_received, 0, "packet not recorded");
+    // The same packet number may be processed again later.
+    let ok = datagram(0, &[message(Guarantee::ExactlyOnce, 255, b"edge")]);
+    c.handle_datagram(now, &ok).unwrap();
+    assert_eq!(messages(&mut c).len(), 1);
+}
+
+#[test]
+fn ack_of_a_packet_never_sent_closes_the_connection() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    let mut buf = vec![0u8; 64];
+    let mut w = wire::Writer::new(&mut buf);
+    wire::emit_ack(&mut w, 0, std::iter::once(0..1_000_000)).unwrap();
+    let n = w.position();
+    let (frames, _) = buf.split_at(n);
+    let parsed: Vec<_> = wire::frames(frames).map(|f| f.unwrap()).collect();
+    let err = c.handle_datagram(now, &datagram(0, &parsed)).unwrap_err();
+    assert!(matches!(err, DatagramError::ProtocolViolation(_)));
+    assert_eq!(c.state(), State::Closing);
+    let closed = std::iter::from_fn(|| c.poll_event())
+        .filter(|e| matches!(e, Event::Closed { .. }))
+        .count();
+    assert_eq!(closed, 1);
+}
+
+#[test]
+fn ack_with_a_huge_range_costs_nothing_extra() {
+    // Ranges are clamped to what is tracked: a range of 2^40 packet numbers below a valid
+    // largest costs as much as a range of one.
+    let now = t0();
+    let config = Config::default().initial_packet_number(1 << 40);
+    let mut c = conn(config, now);
+    c.send(now, b"x", Guarantee::ExactlyOnce).unwrap();
+    let mut buf = [0u8; 1500];
+    c.poll_transmit(now, &mut buf).unwrap();
+    let mut fb = vec![0u8; 64];
+    let mut w = wire::Writer::new(&mut fb);
+    wire::emit_ack(&mut w, 0, std::iter::once(0..(1 << 40) + 1)).unwrap();
+    let n = w.position();
+    let parsed: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
+    let later = now + Duration::from_millis(5);
+    c.handle_datagram(later, &datagram(0, &parsed)).unwrap();
+    assert_eq!(c.stats().rtt, Duration::from_millis(5));
+}
+
+#[test]
+fn corrupted_datagram_is_counted_and_ignored() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    let mut d = datagram(0, &[message(Guarantee::ExactlyOnce, 0, b"hello")]);
+    let i = d.len() / 2;
+    d[i] ^= 0x40;
+    assert!(matches!(
+        c.handle_datagram(now, &d),
+        Err(DatagramError::Malformed(_))
+    ));
+    assert_eq!(c.stats().dropped_malformed, 1);
+    assert!(messages(&mut c).is_empty());
+}
+
+#[test]
+fn send_refuses_what_it_cannot_account_for() {
+    let now = t0();
+    let mut c = conn(Config::default().max_pending_messages(2), now);
+    let big = vec![0u8; c.config().max_message_size + 1];
+    assert!(matches!(
+        c.send(now, &big, Guarantee::ExactlyOnce),
+        Err(SendError::TooLarge { .. })
+    ));
+    assert_eq!(
+        c.send(
+            now,
+            b"x",
+            SendOptions::new(Guarantee::AtMostOnce).ordered(true)
+        ),
+        Err(SendError::OrderedAtMostOnce)
+    );
+    c.send(now, b"1", Guarantee::ExactlyOnce).unwrap();
+    c.send(now, b"2", Guarantee::AtMostOnce).unwrap();
+    assert_eq!(
+        c.send(now, b"3", Guarantee::ExactlyOnce),
+        Err(SendError::Backpressure)
+    );
+    c.close(now);
+    assert_eq!(
+        c.send(now, b"4", Guarantee::ExactlyOnce),
+        Err(SendError::Closed)
+    );
+}
+
+#[test]
+fn idle_timeout_ends_every_pending_message() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    c.send(now, b"a", Guarantee::ExactlyOnce).unwrap();
+    c.send(now, b"b", Guarantee::AtMostOnce).unwrap();
+    let mut buf = [0u8; 1500];
+    let mut t = now;
+    for _ in 0..10_000 {
+        while c.poll_transmit(t, &mut buf).is_some() {}
+        let Some(next) = c.poll_timeout() else { break };
+        t = next;
+        c.handle_timeout(t);
+    }
+    assert!(c.is_closed());
+    assert!(t <= now + Duration::from_secs(10) + Duration::from_millis(1));
+    let mut lost = 0;
+    let mut closed = 0;
+    while let Some(ev) = c.poll_event() {
+        match ev {
+            Event::Undeliverable { reason, .. } => {
+                assert!(matches!(
+                    reason,
+                    UndeliverableReason::ConnectionLost | UndeliverableReason::Lost
+                ));
+                lost += 1;
+            }
+            Event::Closed { reason } => {
+                assert_eq!(reason, CloseReason::IdleTimeout);
+                closed += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((lost, closed), (2, 1));
+    assert_eq!(c.pending_messages(), 0);
+}
+
+#[test]
+fn fragment_counts_and_chunks_fit_a_datagram() {
+    for mds in [256usize, 512, 1200, 1472, 9000, 65507] {
+        let chunk = fragment_chunk(mds);
+        assert_eq!(send::fragment_count(chunk, mds), 1);
+        assert_eq!(send::fragment_count(chunk + 1, mds), 2);
+        // A full fragment plus the largest header fits an empty packet.
+        assert!(wire::HEADER_LEN + MAX_MESSAGE_OVERHEAD + chunk + 4 <= mds);
+    }
+}

@@ -31,11 +31,12 @@ impl Connection {
             return None;
         }
         let sends_data = matches!(self.state, State::Established | State::Shutdown);
-        let ack_now = self.rx.ack_pending && self.rx.ack_due;
+        // Acknowledgements (ACK and MSG_ACK) go out when due: at once for gaps and every
+        // second packet, otherwise after the ack delay.
+        let ack_now = self.rx.ack_due && (self.rx.ack_pending || self.rx.msg_ack_dirty);
         let control = match self.state {
             State::Established | State::Shutdown => {
-                self.rx.msg_ack_dirty
-                    || self.forward_dirty
+                self.forward_dirty
                     || self.rx.reject_dirty
                     || (self.amo_floor_dirty && self.amo_base > self.amo_floor_acked)
                     || self.ping_pending
@@ -52,6 +53,13 @@ impl Connection {
         }
 
         let pn = self.ledger.next_pn();
+        if pn >= crate::seq::MAX_SEQ {
+            // Packet numbers are never reused: a connection that used them all ends.
+            self.close_reason
+                .get_or_insert(crate::event::CloseReason::Local);
+            self.enter_closed(now);
+            return None;
+        }
         let tag_len = self.integrity.tag_len();
         let mut w = Writer::new(&mut buf[..mds - tag_len]);
         let header = Header {
@@ -124,6 +132,9 @@ impl Connection {
             return None;
         }
         let total = wire::seal(buf, len, &*self.integrity).ok()?;
+        if !self.rx.ack_pending && !self.rx.msg_ack_dirty {
+            self.rx.ack_due = false;
+        }
         if eliciting {
             self.ping_pending = false;
             self.probes_pending = self.probes_pending.saturating_sub(1);
@@ -235,7 +246,6 @@ impl Connection {
             if wire::ack_frame_len(delay_us, ranges.clone()) <= w.remaining() {
                 if wire::emit_ack(w, delay_us, ranges).is_ok() {
                     self.rx.ack_pending = false;
-                    self.rx.ack_due = false;
                     self.rx.eliciting_since_ack = 0;
                     self.timers.stop(crate::timer::Timer::Ack);
                 }
