@@ -285,10 +285,21 @@ pub fn config_for(seed: u64) -> Config {
     if r.chance(0.1) {
         c = c.congestion(surely::CongestionControl::None);
     }
-    if r.chance(0.2) {
-        c = c
-            .initial_message_id((1 << 32) - 30)
-            .initial_packet_number((1 << 32) - 20);
+    // Start some runs just below the wrap points of the wire encodings and of the id space.
+    let high = (1u64 << 62) - (1 << 32) - 1000;
+    match r.below(10) {
+        0 => {
+            c = c
+                .initial_message_id((1 << 16) - 30)
+                .initial_packet_number((1 << 16) - 20)
+        }
+        1 => {
+            c = c
+                .initial_message_id((1 << 32) - 30)
+                .initial_packet_number((1 << 32) - 20)
+        }
+        2 => c = c.initial_message_id(high).initial_packet_number(high + 5),
+        _ => {}
     }
     c
 }
