@@ -64,6 +64,8 @@ pub(super) struct RecvState {
     pub reassembly: Reassembly,
     /// Payload bytes in undelivered `Message` events.
     pub queued_bytes: usize,
+    /// Payload bytes held back in ordered channels.
+    pub held_bytes: usize,
 }
 
 impl RecvState {
@@ -87,12 +89,21 @@ impl RecvState {
             channels: (0..256).map(|_| None).collect(),
             reassembly: Reassembly::new(config.max_partial_messages),
             queued_bytes: 0,
+            held_bytes: 0,
         }
     }
 
     pub fn buffered_bytes(&self) -> usize {
-        let held: usize = self.channels.iter().flatten().map(|c| c.held_bytes()).sum();
-        self.reassembly.bytes() + self.queued_bytes + held
+        self.reassembly.bytes() + self.queued_bytes + self.held_bytes
+    }
+
+    /// Offers `seq` to an ordered channel, keeping the held-bytes total in step; returns the
+    /// messages now in order through `ready`.
+    pub fn offer(&mut self, channel: u8, seq: u64, item: Held, ready: &mut Vec<Held>) {
+        let ch = self.channels[channel as usize].get_or_insert_with(Box::default);
+        let before = ch.held_bytes();
+        ch.offer(seq, item, |h| ready.push(h));
+        self.held_bytes = self.held_bytes + ch.held_bytes() - before;
     }
 }
 
@@ -326,8 +337,7 @@ impl Connection {
             guarantee,
             payload,
         };
-        self.channel_mut(channel)
-            .offer(seq, item, |h| ready.push(h));
+        self.rx.offer(channel, seq, item, &mut ready);
         for h in ready.drain(..) {
             if let Held::Message {
                 id,
@@ -515,8 +525,7 @@ impl Connection {
         }
         if let Some((channel, seq)) = e.ordered {
             let mut ready = std::mem::take(&mut self.held_scratch);
-            self.channel_mut(channel)
-                .offer(seq, Held::Skip, |h| ready.push(h));
+            self.rx.offer(channel, seq, Held::Skip, &mut ready);
             for h in ready.drain(..) {
                 if let Held::Message {
                     id,
