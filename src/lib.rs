@@ -83,6 +83,8 @@ pub mod error;
 pub mod event;
 pub mod histogram;
 pub mod message;
+#[cfg(feature = "net")]
+pub mod net;
 pub mod rangeset;
 pub mod rng;
 pub mod rtt;
