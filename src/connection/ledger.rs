@@ -183,6 +183,7 @@ impl Ledger {
             .filter(|(_, p)| !p.settled)
     }
 
+    #[cfg(test)]
     /// The oldest unsettled ack-eliciting packet.
     pub fn oldest_unsettled(&self) -> Option<(u64, &SentPacket)> {
         self.unsettled_below(u64::MAX).next()

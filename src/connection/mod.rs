@@ -205,6 +205,7 @@ pub struct Connection {
     dropped_tokens: Vec<u64>,
     scratch: Vec<std::ops::Range<u64>>,
     frame_scratch: Vec<ledger::SentFrame>,
+    probe_scratch: Vec<(u64, ledger::SentPacket)>,
     held_scratch: Vec<channel::Held>,
     forward_scratch: Vec<wire::ForwardEntry>,
 }
@@ -297,6 +298,7 @@ impl Connection {
             dropped_tokens: Vec::new(),
             scratch: Vec::new(),
             frame_scratch: Vec::new(),
+            probe_scratch: Vec::new(),
             held_scratch: Vec::new(),
             forward_scratch: Vec::new(),
             config,
@@ -454,7 +456,11 @@ impl Connection {
         }
         if self.timers.is_expired(Timer::Keepalive, now) {
             self.timers.stop(Timer::Keepalive);
-            if self.state == State::Established || self.state == State::Shutdown {
+            // With ack-eliciting packets in flight the probe timeout already tests the path;
+            // a keepalive then would only push the probe timer back.
+            if matches!(self.state, State::Established | State::Shutdown)
+                && self.ledger.eliciting_in_flight == 0
+            {
                 self.ping_pending = true;
             }
         }

@@ -590,13 +590,26 @@ impl Connection {
         self.stats.probes += 1;
         self.probes_pending = 2;
         log::trace!("conn {}: probe timeout #{}", self.local_cid, self.pto_count);
-        if let Some((pn, pkt)) = self.ledger.oldest_unsettled().map(|(pn, p)| (pn, *p)) {
-            let before = self.retx.len();
-            self.requeue_frames(pn, &pkt, false);
-            if self.retx.len() == before {
-                self.ping_pending = true;
+        // The oldest unsettled packet may only hold fragments already sent again by an
+        // earlier probe: look for the oldest packet whose fragments are still its own.
+        let before = self.retx.len();
+        let mut probe_pkts = std::mem::take(&mut self.probe_scratch);
+        probe_pkts.clear();
+        probe_pkts.extend(
+            self.ledger
+                .unsettled_below(u64::MAX)
+                .filter(|(_, p)| p.ack_eliciting)
+                .map(|(pn, p)| (pn, *p)),
+        );
+        for (pn, pkt) in &probe_pkts {
+            self.requeue_frames(*pn, pkt, false);
+            if self.retx.len() > before {
+                break;
             }
-        } else {
+        }
+        probe_pkts.clear();
+        self.probe_scratch = probe_pkts;
+        if self.retx.len() == before {
             self.ping_pending = true;
         }
         self.set_loss_timer();
