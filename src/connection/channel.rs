@@ -32,6 +32,11 @@ impl OrderedChannel {
         self.held_bytes
     }
 
+    /// The next position to deliver.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
     /// Whether `seq` was already passed (delivered or skipped).
     pub fn is_past(&self, seq: u64) -> bool {
         seq < self.next

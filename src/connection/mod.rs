@@ -206,6 +206,8 @@ pub struct Connection {
     scratch: Vec<std::ops::Range<u64>>,
     frame_scratch: Vec<ledger::SentFrame>,
     probe_scratch: Vec<(u64, ledger::SentPacket)>,
+    /// Set by a frame handler that found the peer breaking the protocol.
+    violation: Option<&'static str>,
     held_scratch: Vec<channel::Held>,
     forward_scratch: Vec<wire::ForwardEntry>,
 }
@@ -299,6 +301,7 @@ impl Connection {
             scratch: Vec::new(),
             frame_scratch: Vec::new(),
             probe_scratch: Vec::new(),
+            violation: None,
             held_scratch: Vec::new(),
             forward_scratch: Vec::new(),
             config,
@@ -476,9 +479,10 @@ impl Connection {
             self.timers.stop(Timer::Drain);
             if self.state == State::Shutdown {
                 self.fail_all_pending(UndeliverableReason::ConnectionClosed);
-                self.maybe_finish_shutdown(now);
             }
         }
+        // Any timer above may have given the last pending message its outcome.
+        self.maybe_finish_shutdown(now);
     }
 
     // ------------------------------------------------------------------ output

@@ -98,12 +98,28 @@ impl RecvState {
     }
 
     /// Offers `seq` to an ordered channel, keeping the held-bytes total in step; returns the
-    /// messages now in order through `ready`.
-    pub fn offer(&mut self, channel: u8, seq: u64, item: Held, ready: &mut Vec<Held>) {
+    /// messages now in order through `ready`. A position more than a window ahead, or one
+    /// already held, can only come from a broken or hostile peer.
+    pub fn offer(
+        &mut self,
+        channel: u8,
+        seq: u64,
+        item: Held,
+        ready: &mut Vec<Held>,
+        window: u64,
+    ) -> Result<(), &'static str> {
         let ch = self.channels[channel as usize].get_or_insert_with(Box::default);
+        if seq >= ch.next().saturating_add(window) {
+            return Err("channel sequence number beyond the window");
+        }
         let before = ch.held_bytes();
-        ch.offer(seq, item, |h| ready.push(h));
+        let fresh = ch.offer(seq, item, |h| ready.push(h));
         self.held_bytes = self.held_bytes + ch.held_bytes() - before;
+        if fresh || ch.is_past(seq) {
+            Ok(())
+        } else {
+            Err("channel sequence number used twice")
+        }
     }
 }
 
@@ -121,6 +137,11 @@ impl Connection {
                 return Err(e.into());
             }
         };
+        if header.packet_type != wire::PacketType::Data {
+            // Handshake packets belong to the endpoint, never to a connection.
+            self.stats.dropped_stale += 1;
+            return Err(DatagramError::UnknownConnection);
+        }
         if header.conn_id != self.local_cid {
             self.stats.dropped_stale += 1;
             return Err(DatagramError::UnknownConnection);
@@ -176,6 +197,9 @@ impl Connection {
                     let reason = String::from_utf8_lossy(c.reason).into_owned();
                     close = Some((c.code, reason));
                 }
+            }
+            if let Some(why) = self.violation.take() {
+                return Err(self.protocol_violation(now, why));
             }
             if self.state == State::Closed {
                 return Ok(());
@@ -260,7 +284,13 @@ impl Connection {
             return true;
         }
         let duplicate_delivery = seen;
-        if seen && (m.guarantee == Guarantee::ExactlyOnce || m.chan_seq.is_some()) {
+        if seen
+            && (m.guarantee == Guarantee::ExactlyOnce
+                || m.chan_seq.is_some()
+                || m.fragment.is_some())
+        {
+            // A copy. At-least-once copies are handed over again only when whole: a lone
+            // retransmitted fragment would start a reassembly that can never finish.
             self.stats.duplicates_suppressed += 1;
             return true;
         }
@@ -281,8 +311,9 @@ impl Connection {
                     }
                     FragmentOutcome::Duplicate => return true,
                     FragmentOutcome::Conflict => {
+                        // Dropped, so the packet is not acknowledged (PROTOCOL.md 4.2).
                         self.stats.dropped_malformed += 1;
-                        return true;
+                        return false;
                     }
                     FragmentOutcome::NoRoom => return false,
                     FragmentOutcome::Complete(data) => data,
@@ -337,7 +368,13 @@ impl Connection {
             guarantee,
             payload,
         };
-        self.rx.offer(channel, seq, item, &mut ready);
+        if let Err(why) = self
+            .rx
+            .offer(channel, seq, item, &mut ready, self.config.window)
+        {
+            self.rx.seen.remove(id);
+            self.violation = Some(why);
+        }
         for h in ready.drain(..) {
             if let Held::Message {
                 id,
@@ -393,6 +430,10 @@ impl Connection {
         }
         let cum = self.rx.done.advance_contiguous();
         self.rx.seen.advance_to(cum);
+        if !self.rx.rejects.is_empty() {
+            let done = &self.rx.done;
+            self.rx.rejects.retain(|&r| r >= cum && !done.contains(r));
+        }
         self.rx.limit = self.rx.limit.max(cum + self.config.window);
         self.rx.msg_ack_dirty = true;
     }
@@ -525,7 +566,14 @@ impl Connection {
         }
         if let Some((channel, seq)) = e.ordered {
             let mut ready = std::mem::take(&mut self.held_scratch);
-            self.rx.offer(channel, seq, Held::Skip, &mut ready);
+            if let Err(why) =
+                self.rx
+                    .offer(channel, seq, Held::Skip, &mut ready, self.config.window)
+            {
+                self.violation = Some(why);
+                self.held_scratch = ready;
+                return false;
+            }
             for h in ready.drain(..) {
                 if let Held::Message {
                     id,
@@ -559,7 +607,15 @@ impl Connection {
         for d in gone {
             log::debug!("conn {}: partial message {} expired", self.local_cid, d.id);
             match d.space {
-                Space::Reliable => self.request_again(now, d.id),
+                Space::Reliable => {
+                    let id = d.id;
+                    let still_wanted = id >= self.rx.done.base()
+                        && !self.rx.done.contains(id)
+                        && !self.rx.seen.contains(id);
+                    if still_wanted {
+                        self.request_again(now, id);
+                    }
+                }
                 Space::AtMostOnce => {
                     // Dead: later fragments of it are refused, so it can never be reported
                     // Delivered; it is counted lost now.

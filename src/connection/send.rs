@@ -413,7 +413,7 @@ impl Connection {
         self.detect_lost(now);
         self.ledger.pop_settled();
         self.acked_pns.remove_below(self.ledger.base_pn());
-        self.set_loss_timer();
+        self.set_loss_timer(now);
         if self.state == State::Closing && self.close_acked {
             self.enter_closed(now);
         }
@@ -555,7 +555,15 @@ impl Connection {
     }
 
     /// Sets the loss-detection timer: a time-threshold loss, or the probe timeout.
-    pub(super) fn set_loss_timer(&mut self) {
+    pub(super) fn set_loss_timer(&mut self, now: Instant) {
+        if !matches!(
+            self.state,
+            State::Established | State::Shutdown | State::Closing
+        ) {
+            // Draining sends nothing ack-eliciting: nothing to detect or probe.
+            self.timers.stop(Timer::Loss);
+            return;
+        }
         if let Some(t) = self.loss_time {
             self.timers.set(Timer::Loss, t);
             return;
@@ -571,14 +579,16 @@ impl Connection {
         );
         let pto = backoff(base, self.pto_count, self.config.max_rto);
         let from = self.ledger.last_eliciting_sent.unwrap_or(self.last_sent);
-        self.timers.set(Timer::Loss, from + pto);
+        // Never in the past: a timer that is already due when armed would spin a driver.
+        let at = (from + pto).max(now + self.config.timer_granularity.min(pto));
+        self.timers.set(Timer::Loss, at);
     }
 
     pub(super) fn on_loss_timer(&mut self, now: Instant) {
         if self.loss_time.is_some() {
             self.detect_lost(now);
             self.ledger.pop_settled();
-            self.set_loss_timer();
+            self.set_loss_timer(now);
             return;
         }
         if self.ledger.eliciting_in_flight == 0 {
@@ -612,7 +622,7 @@ impl Connection {
         if self.retx.len() == before {
             self.ping_pending = true;
         }
-        self.set_loss_timer();
+        self.set_loss_timer(now);
         // The budget may have ended messages.
         self.maybe_finish_shutdown(now);
     }
@@ -685,7 +695,15 @@ impl Connection {
     pub(super) fn on_reject_id(&mut self, id: u64) {
         let count = match self.outbox_get(id) {
             Some(m) => m.count,
-            None => return,
+            None => {
+                // Given up already: the receiver skipped our FORWARD while it still held the
+                // message, then dropped it. Say FORWARD again so it stops waiting.
+                if self.forward.iter().any(|e| e.id == id) {
+                    self.forward_dirty = true;
+                    self.forward_cursor = 0;
+                }
+                return;
+            }
         };
         // A copy still in flight may have reached the receiver before it rejected the
         // message, so everything not already queued is sent again.

@@ -147,7 +147,7 @@ impl Connection {
         self.last_sent = now;
         self.arm_keepalive();
         if eliciting {
-            self.set_loss_timer();
+            self.set_loss_timer(now);
         }
         log::trace!(
             "conn {}: sent packet {pn} ({total} bytes{})",

@@ -3,7 +3,8 @@
 //! ```text
 //! offset  size  field
 //! 0       1     version        = VERSION
-//! 1       1     packet type    0x01 DATA; 0x02..=0x0F reserved for the handshake
+//! 1       1     packet type    0x01 DATA, 0x02 INITIAL, 0x03 RETRY, 0x04 ACCEPT, 0x05 REFUSE;
+//!                              0x06..=0x0F reserved
 //! 2       8     connection id  u64, big-endian
 //! 10      4     packet number  low 32 bits of the packet number, big-endian
 //! ```
@@ -33,14 +34,26 @@ const _: () = assert!(field::PACKET_NUMBER.end == HEADER_LEN);
 pub enum PacketType {
     /// A packet of frames on an established connection.
     Data = 1,
+    /// Handshake: a client opens a connection (see [`HandshakePacket`](super::HandshakePacket)).
+    Initial = 2,
+    /// Handshake: the server asks the client to echo a cookie.
+    Retry = 3,
+    /// Handshake: the server created the connection.
+    Accept = 4,
+    /// Handshake: the server refused the connection.
+    Refuse = 5,
 }
 
 impl PacketType {
-    /// Parses the wire code. `0x02..=0x0F` are reserved for a future handshake and, like every
-    /// other value, are not a packet type yet.
+    /// Parses the wire code. `0x06..=0x0F` are reserved for later handshake packets and, like
+    /// every other value, are not a packet type yet.
     fn from_u8(v: u8) -> Option<PacketType> {
         match v {
             1 => Some(PacketType::Data),
+            2 => Some(PacketType::Initial),
+            3 => Some(PacketType::Retry),
+            4 => Some(PacketType::Accept),
+            5 => Some(PacketType::Refuse),
             _ => None,
         }
     }
@@ -154,13 +167,13 @@ mod tests {
         let good = [1u8, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1];
         let mut bad_version = good;
         bad_version[0] = 2;
-        let mut handshake = good;
-        handshake[1] = 0x02;
+        let mut reserved = good;
+        reserved[1] = 0x06;
         let mut zero_type = good;
         zero_type[1] = 0;
         let table: &[(&[u8], WireError)] = &[
             (&bad_version, WireError::BadVersion(2)),
-            (&handshake, WireError::UnknownPacketType(2)),
+            (&reserved, WireError::UnknownPacketType(6)),
             (&zero_type, WireError::UnknownPacketType(0)),
             (&good[..13], WireError::Truncated),
             (&[], WireError::Truncated),

@@ -49,6 +49,7 @@ use std::fmt;
 
 mod ack;
 mod frame;
+mod handshake;
 mod header;
 mod integrity;
 mod reader;
@@ -60,6 +61,7 @@ pub use ack::{
     msg_ack_frame_len,
 };
 pub use frame::*;
+pub use handshake::*;
 pub use header::{Header, PacketType};
 pub use integrity::{Crc32, Integrity};
 pub use reader::Reader;
@@ -364,7 +366,7 @@ mod tests {
             // The tag is checked before the version.
             (bad_version_and_tag, WireError::BadChecksum),
             (resealed(&|d| d[0] = 2), WireError::BadVersion(2)),
-            (resealed(&|d| d[1] = 2), WireError::UnknownPacketType(2)),
+            (resealed(&|d| d[1] = 6), WireError::UnknownPacketType(6)),
             (
                 resealed(&|d| d[1] = 0xff),
                 WireError::UnknownPacketType(0xff),

@@ -1,0 +1,278 @@
+//! The driver: an [`Endpoint`] on a real UDP socket, with the real clock.
+//!
+//! Two ways to run it:
+//!
+//! - **Your own loop.** Register the socket with your `mio::Poll`
+//!   ([`Driver::register`]); when it is readable, or when [`Driver::next_timeout`] passes, call
+//!   [`Driver::process`]; after you send messages, call [`Driver::flush`]. Nothing blocks.
+//! - **A simple loop.** [`Driver::wait`] blocks until a datagram arrives, a timer expires or
+//!   the given timeout passes, and processes what happened. [`Driver::busy_poll`] does the
+//!   same without sleeping, for latency-critical programs that can spare a core.
+//!
+//! Either way, drain [`Driver::poll_event`] afterwards.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use surely::endpoint::{EndpointConfig, EndpointEvent};
+//! use surely::net::{Driver, SocketOptions};
+//! use surely::{Event, Guarantee};
+//!
+//! let mut client = Driver::bind(
+//!     "127.0.0.1:0".parse().unwrap(),
+//!     EndpointConfig::default(),
+//!     &SocketOptions::default(),
+//! )
+//! .unwrap();
+//! let handle = client.connect("127.0.0.1:4433".parse().unwrap()).unwrap();
+//! loop {
+//!     client.wait(Some(Duration::from_millis(100))).unwrap();
+//!     while let Some(ev) = client.poll_event() {
+//!         match ev {
+//!             EndpointEvent::Connected { handle } => {
+//!                 let now = std::time::Instant::now();
+//!                 let conn = client.endpoint().connection_mut(handle).unwrap();
+//!                 conn.send(now, b"hello", Guarantee::ExactlyOnce).unwrap();
+//!             }
+//!             EndpointEvent::Connection { event: Event::Delivered { .. }, .. } => return,
+//!             _ => {}
+//!         }
+//!     }
+//!     client.flush().unwrap();
+//! #   let _ = handle;
+//! }
+//! ```
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mio::{Events, Interest, Poll, Token};
+
+use super::socket::{RecvBatch, SendBatch, SocketOptions, UdpSocket};
+use crate::endpoint::{ConnectError, ConnectionHandle, Endpoint, EndpointConfig, EndpointEvent};
+
+/// Datagrams per batched system call.
+const BATCH: usize = 64;
+const SOCKET: Token = Token(0);
+
+/// Counters of the driver's system calls.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Receive system calls that returned data.
+    pub recv_calls: u64,
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Send system calls.
+    pub send_calls: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Datagrams the kernel refused outright.
+    pub send_failures: u64,
+}
+
+/// An endpoint bound to a UDP socket.
+#[derive(Debug)]
+pub struct Driver {
+    socket: UdpSocket,
+    endpoint: Endpoint,
+    inb: RecvBatch,
+    out: SendBatch,
+    /// A private poll for [`wait`](Self::wait), created on first use (a socket can be
+    /// registered with one poll only).
+    poll: Option<(Poll, Events)>,
+    registered: bool,
+    next_rotation: Instant,
+    stats: DriverStats,
+}
+
+impl Driver {
+    /// Binds `addr` and creates an endpoint on it. The handshake secret comes from the
+    /// operating system's random source.
+    pub fn bind(
+        addr: SocketAddr,
+        config: EndpointConfig,
+        options: &SocketOptions,
+    ) -> io::Result<Driver> {
+        let socket = UdpSocket::bind(addr, options)?;
+        let now = Instant::now();
+        let rotation = config.secret_rotation_period;
+        let endpoint = Endpoint::new(config, random_secret(), now)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let slot = endpoint.buffer_size().max(1500);
+        Ok(Driver {
+            socket,
+            endpoint,
+            inb: RecvBatch::new(BATCH, slot.max(65536)),
+            out: SendBatch::new(BATCH, slot),
+            poll: None,
+            registered: false,
+            next_rotation: now + rotation,
+            stats: DriverStats::default(),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.socket.local_addr()
+    }
+
+    /// The endpoint, to reach its connections (`connection_mut`) and statistics.
+    pub fn endpoint(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
+    }
+
+    /// System-call counters.
+    pub fn stats(&self) -> &DriverStats {
+        &self.stats
+    }
+
+    /// Starts a handshake with a server.
+    pub fn connect(&mut self, remote: SocketAddr) -> Result<ConnectionHandle, ConnectError> {
+        let handle = self.endpoint.connect(Instant::now(), remote)?;
+        let _ = self.flush();
+        Ok(handle)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        self.endpoint.poll_event()
+    }
+
+    /// Registers the socket with the application's poll, for readability.
+    pub fn register(&mut self, registry: &mio::Registry, token: Token) -> io::Result<()> {
+        registry.register(self.socket.source(), token, Interest::READABLE)?;
+        self.registered = true;
+        Ok(())
+    }
+
+    /// When [`process`](Self::process) must run next even if no datagram arrives.
+    pub fn next_timeout(&mut self) -> Option<Instant> {
+        let t = self.endpoint.poll_timeout();
+        Some(t.map_or(self.next_rotation, |t| t.min(self.next_rotation)))
+    }
+
+    /// Reads every waiting datagram, fires expired timers and sends what is ready. Call when
+    /// the socket is readable or a timeout passed; calling more often is harmless.
+    pub fn process(&mut self) -> io::Result<()> {
+        self.receive()?;
+        let now = Instant::now();
+        if now >= self.next_rotation {
+            self.endpoint.rotate_secret(now, random_secret());
+            self.next_rotation = now + self.endpoint.config().secret_rotation_period;
+        }
+        self.endpoint.handle_timeout(now);
+        self.flush()
+    }
+
+    /// Sends everything the endpoint has ready (after the application sent messages). If the
+    /// socket buffer is full the rest stays queued for the next call.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        loop {
+            if self.out.pending() > 0 {
+                self.send_pending()?;
+                if self.out.pending() > 0 {
+                    // Socket buffer full: keep the rest in the connections for later.
+                    return Ok(());
+                }
+            }
+            let mut produced = false;
+            while let Some(slot) = self.out.slot_mut() {
+                match self.endpoint.poll_transmit(now, slot) {
+                    Some((to, n)) => {
+                        self.out.push(to, n);
+                        produced = true;
+                    }
+                    None => break,
+                }
+            }
+            if !produced && self.out.pending() == 0 {
+                return Ok(());
+            }
+            if !produced {
+                self.send_pending()?;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Blocks until a datagram arrives, the next timer expires or `timeout` passes, then
+    /// processes. Uses a private poll; not for use together with [`register`](Self::register).
+    pub fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if self.poll.is_none() {
+            let poll = Poll::new()?;
+            poll.registry()
+                .register(self.socket.source(), SOCKET, Interest::READABLE)?;
+            self.poll = Some((poll, Events::with_capacity(8)));
+        }
+        let now = Instant::now();
+        let mut wait = self
+            .next_timeout()
+            .map(|t| t.saturating_duration_since(now));
+        if let Some(t) = timeout {
+            wait = Some(wait.map_or(t, |w| w.min(t)));
+        }
+        if let Some((poll, events)) = self.poll.as_mut() {
+            match poll.poll(events, wait) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.process()
+    }
+
+    /// Processes without sleeping: reads, fires timers, sends. Call in a tight loop for the
+    /// lowest latency (one core stays busy).
+    pub fn busy_poll(&mut self) -> io::Result<()> {
+        self.process()
+    }
+
+    fn receive(&mut self) -> io::Result<()> {
+        // Read until WouldBlock, one batch per system call.
+        loop {
+            let n = self.socket.recv_batch(&mut self.inb)?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.stats.recv_calls += 1;
+            self.stats.datagrams_in += n as u64;
+            let now = Instant::now();
+            for i in 0..n {
+                if let Some((from, data)) = self.inb.get(i) {
+                    self.endpoint.handle_datagram(now, from, data);
+                }
+            }
+            if n < self.inb.capacity() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn send_pending(&mut self) -> io::Result<()> {
+        let failed = self.out.failed();
+        let sent = self.socket.send_batch(&mut self.out)?;
+        self.stats.send_calls += 1;
+        self.stats.datagrams_out += sent as u64;
+        self.stats.send_failures += self.out.failed() - failed;
+        Ok(())
+    }
+}
+
+/// 16 bytes from the operating system's random source, falling back to the standard
+/// library's randomly keyed hasher where `/dev/urandom` is missing.
+fn random_secret() -> [u8; 16] {
+    let mut key = [0u8; 16];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        if f.read_exact(&mut key).is_ok() {
+            return key;
+        }
+    }
+    use std::hash::{BuildHasher, Hasher};
+    for (i, chunk) in key.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    key
+}

@@ -1,0 +1,256 @@
+//! The examples' command-line contract, exercised over loopback: sender and receiver as real
+//! processes, directly and through the fault-injecting relay; bad arguments; an address in
+//! use. Every process is bounded by its own `--timeout-s` and killed if it overstays.
+// These tests run real processes on the real clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use surely::net::relay::Relay;
+use surely::sim::LinkConfig;
+
+/// `target/<profile>/examples/<name>`. `cargo test` builds the examples alongside the tests;
+/// when only this test target was built, they are built here, once.
+fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = dir.join("examples").join(name);
+    if !path.exists() {
+        BUILT.call_once(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--examples", "--quiet"])
+                .status()
+                .expect("run cargo build --examples");
+            assert!(status.success(), "cargo build --examples failed");
+        });
+    }
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// A receiver on an ephemeral loopback port: the process, its address, and a thread that
+/// keeps draining its stderr (a closed pipe would kill it on its next log line).
+struct Receiver {
+    child: Child,
+    addr: SocketAddr,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn start_receiver(extra: &[&str]) -> Receiver {
+    let mut child = Command::new(example("receiver"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn receiver");
+    let mut reader = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .expect("receiver prints its address");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let stderr = std::thread::spawn(move || {
+        let mut rest = line;
+        let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+        rest
+    });
+    Receiver {
+        child,
+        addr,
+        stderr,
+    }
+}
+
+/// Waits for a child with a hard limit, killing it past the limit.
+fn finish(mut child: Child, limit: Duration) -> Output {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    panic!("process did not exit within {limit:?}");
+}
+
+/// The last line of stdout, parsed as a flat JSON object of numbers, strings and booleans.
+fn json(out: &Output, ctx: &str) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or_default().trim();
+    assert!(
+        last.starts_with('{') && last.ends_with('}'),
+        "not JSON: {last:?}\n{ctx}"
+    );
+    last[1..last.len() - 1]
+        .split(',')
+        .map(|kv| {
+            let (k, v) = kv.split_once(':').expect("key:value");
+            (
+                k.trim_matches('"').to_string(),
+                v.trim_matches('"').to_string(),
+            )
+        })
+        .collect()
+}
+
+fn field(j: &[(String, String)], k: &str) -> String {
+    j.iter()
+        .find(|(key, _)| key == k)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("no field {k} in {j:?}"))
+}
+
+fn num(j: &[(String, String)], k: &str) -> f64 {
+    field(j, k).parse().expect("number")
+}
+
+fn run_pair(guarantee: &str, count: u64, size: usize, through: Option<LinkConfig>) {
+    let receiver = start_receiver(&[
+        "--guarantee",
+        guarantee,
+        "--count",
+        &count.to_string(),
+        "--timeout-s",
+        "5",
+    ]);
+    let addr = receiver.addr;
+    let relay = through.map(|link| Relay::spawn("127.0.0.1:0".parse().unwrap(), addr, link, 5));
+    let to = relay
+        .as_ref()
+        .map_or(addr, |r| r.as_ref().expect("relay").local_addr());
+    let sender = Command::new(example("sender"))
+        .args(["--to", &to.to_string(), "--guarantee", guarantee])
+        .args(["--count", &count.to_string(), "--size", &size.to_string()])
+        .args(["--timeout-s", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sender");
+    let s = finish(sender, Duration::from_secs(40));
+    let r = finish(receiver.child, Duration::from_secs(40));
+    let r_err = receiver.stderr.join().unwrap_or_default();
+    let ctx = format!(
+        "{guarantee}: sender {} {}\nreceiver {} {r_err}",
+        String::from_utf8_lossy(&s.stdout),
+        String::from_utf8_lossy(&s.stderr),
+        String::from_utf8_lossy(&r.stdout),
+    );
+    let (sj, rj) = (json(&s, &ctx), json(&r, &ctx));
+    assert_eq!(num(&rj, "corrupt"), 0.0, "{ctx}");
+    assert_eq!(num(&sj, "sent"), count as f64, "{ctx}");
+    assert_eq!(
+        num(&sj, "delivered") + num(&sj, "undeliverable"),
+        count as f64,
+        "every message has one outcome: {ctx}"
+    );
+    match guarantee {
+        "exactly-once" => {
+            assert_eq!(num(&rj, "delivered"), count as f64, "{ctx}");
+            assert_eq!(num(&rj, "duplicates"), 0.0, "{ctx}");
+            assert_eq!(num(&sj, "delivered"), count as f64, "{ctx}");
+        }
+        "at-least-once" => {
+            assert_eq!(num(&rj, "delivered"), count as f64, "{ctx}");
+            assert_eq!(num(&sj, "delivered"), count as f64, "{ctx}");
+        }
+        _ => {
+            assert_eq!(num(&rj, "duplicates"), 0.0, "{ctx}");
+            assert!(
+                num(&sj, "delivered") <= num(&rj, "delivered"),
+                "Delivered only what arrived: {ctx}"
+            );
+        }
+    }
+    assert!(s.status.success(), "sender failed: {ctx}");
+    assert!(r.status.success(), "receiver failed: {ctx}");
+    for key in [
+        "elapsed_s",
+        "msgs_per_s",
+        "p50_us",
+        "p99_us",
+        "retransmissions",
+    ] {
+        num(&sj, key);
+    }
+    for key in ["out_of_order", "gaps_reported", "elapsed_s"] {
+        num(&rj, key);
+    }
+}
+
+#[test]
+fn exactly_once_over_loopback() {
+    run_pair("exactly-once", 5_000, 64, None);
+}
+
+#[test]
+fn every_guarantee_through_a_lossy_relay() {
+    let link = LinkConfig::perfect(Duration::from_millis(1))
+        .loss(0.05)
+        .duplicate(0.05)
+        .reorder(0.05, Duration::from_millis(3));
+    for g in ["exactly-once", "at-least-once", "at-most-once"] {
+        run_pair(g, 2_000, 100, Some(link.clone()));
+    }
+}
+
+#[test]
+fn fragmented_messages_through_a_lossy_relay() {
+    let link = LinkConfig::perfect(Duration::from_millis(1)).loss(0.03);
+    run_pair("exactly-once", 200, 20_000, Some(link));
+}
+
+#[test]
+fn bad_arguments_get_a_one_line_error_and_status_2() {
+    for (prog, args) in [
+        ("receiver", vec!["--bogus"]),
+        ("receiver", vec!["--listen", "not-an-address"]),
+        (
+            "receiver",
+            vec!["--listen", "127.0.0.1:0", "--ack", "sometimes"],
+        ),
+        (
+            "sender",
+            vec!["--to", "127.0.0.1:9", "--guarantee", "twice"],
+        ),
+        ("sender", vec!["--to", "127.0.0.1:9", "--size", "3"]),
+        ("sender", vec![]),
+    ] {
+        let out = Command::new(example(prog))
+            .args(&args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{prog} {args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{prog} {args:?}: {err}");
+        assert!(err.starts_with(prog), "{err}");
+    }
+}
+
+#[test]
+fn address_in_use_is_a_clear_error() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(example("receiver"))
+        .args(["--listen", &addr, "--timeout-s", "1"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen"), "{err}");
+}
