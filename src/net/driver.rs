@@ -11,35 +11,74 @@
 //!
 //! Either way, drain [`Driver::poll_event`] afterwards.
 //!
-//! ```no_run
-//! use std::time::Duration;
+//! A client and a server in one thread, in the simple style (this runs as a doc-test over
+//! loopback):
+//!
+//! ```
+//! use std::time::{Duration, Instant};
 //! use surely::endpoint::{EndpointConfig, EndpointEvent};
 //! use surely::net::{Driver, SocketOptions};
 //! use surely::{Event, Guarantee};
 //!
-//! let mut client = Driver::bind(
-//!     "127.0.0.1:0".parse().unwrap(),
-//!     EndpointConfig::default(),
-//!     &SocketOptions::default(),
-//! )
-//! .unwrap();
-//! let handle = client.connect("127.0.0.1:4433".parse().unwrap()).unwrap();
-//! loop {
-//!     client.wait(Some(Duration::from_millis(100))).unwrap();
+//! let any = "127.0.0.1:0".parse().unwrap();
+//! let opts = SocketOptions::default();
+//! let mut server = Driver::bind(any, EndpointConfig::default(), &opts)?;
+//! let mut client = Driver::bind(any, EndpointConfig::default().accept_incoming(false), &opts)?;
+//! let handle = client.connect(server.local_addr()).unwrap();
+//!
+//! let (mut got, mut confirmed) = (None, false);
+//! let give_up = Instant::now() + Duration::from_secs(10);
+//! while !(got.is_some() && confirmed) && Instant::now() < give_up {
+//!     client.wait(Some(Duration::from_millis(1)))?;
+//!     server.wait(Some(Duration::from_millis(1)))?;
 //!     while let Some(ev) = client.poll_event() {
 //!         match ev {
 //!             EndpointEvent::Connected { handle } => {
-//!                 let now = std::time::Instant::now();
 //!                 let conn = client.endpoint().connection_mut(handle).unwrap();
-//!                 conn.send(now, b"hello", Guarantee::ExactlyOnce).unwrap();
+//!                 conn.send(Instant::now(), b"hello", Guarantee::ExactlyOnce).unwrap();
 //!             }
-//!             EndpointEvent::Connection { event: Event::Delivered { .. }, .. } => return,
+//!             EndpointEvent::Connection { event: Event::Delivered { .. }, .. } => confirmed = true,
 //!             _ => {}
 //!         }
 //!     }
-//!     client.flush().unwrap();
-//! #   let _ = handle;
+//!     while let Some(ev) = server.poll_event() {
+//!         if let EndpointEvent::Connection { event: Event::Message(m), .. } = ev {
+//!             got = Some(m.payload);
+//!         }
+//!     }
+//!     client.flush()?;
+//!     server.flush()?;
 //! }
+//! assert_eq!(got.as_deref(), Some(&b"hello"[..]));
+//! assert!(confirmed);
+//! # let _ = handle;
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! The same server inside an application's own `mio::Poll`:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use mio::{Events, Poll, Token};
+//! use surely::endpoint::EndpointConfig;
+//! use surely::net::{Driver, SocketOptions};
+//!
+//! let mut poll = Poll::new()?;
+//! let mut events = Events::with_capacity(64);
+//! let any = "127.0.0.1:0".parse().unwrap();
+//! let mut server = Driver::bind(any, EndpointConfig::default(), &SocketOptions::default())?;
+//! server.register(poll.registry(), Token(7))?;
+//! for _ in 0..3 {
+//!     // Sleep until the socket is readable or the endpoint's next timer is due.
+//!     let timeout = server
+//!         .next_timeout()
+//!         .map(|t| t.saturating_duration_since(Instant::now()).min(Duration::from_millis(5)));
+//!     poll.poll(&mut events, timeout)?;
+//!     // Readable or timed out: either way, let the driver catch up (it never blocks).
+//!     server.process()?;
+//!     while let Some(_event) = server.poll_event() { /* handle it */ }
+//! }
+//! # Ok::<(), std::io::Error>(())
 //! ```
 
 use std::io::{self, Read};
