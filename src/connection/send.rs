@@ -44,7 +44,48 @@ pub(super) struct OutMsg {
     pub max_retransmits: u32,
     /// Fragment count (1 = not fragmented).
     pub count: u32,
-    pub frags: Vec<Frag>,
+    pub frags: Frags,
+}
+
+/// Fragment states: inline for the common unfragmented message, so that sending it allocates
+/// nothing beyond the (pooled) payload buffer.
+#[derive(Debug)]
+pub(super) enum Frags {
+    One([Frag; 1]),
+    Many(Vec<Frag>),
+}
+
+impl Frags {
+    fn new(count: u32) -> Frags {
+        let f = Frag {
+            state: FragState::Queued,
+            retransmits: 0,
+        };
+        if count <= 1 {
+            Frags::One([f])
+        } else {
+            Frags::Many(vec![f; count as usize])
+        }
+    }
+}
+
+impl std::ops::Deref for Frags {
+    type Target = [Frag];
+    fn deref(&self) -> &[Frag] {
+        match self {
+            Frags::One(f) => f,
+            Frags::Many(v) => v,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Frags {
+    fn deref_mut(&mut self) -> &mut [Frag] {
+        match self {
+            Frags::One(f) => f,
+            Frags::Many(v) => v,
+        }
+    }
 }
 
 /// An at-most-once message awaiting its outcome.
@@ -115,13 +156,7 @@ impl Connection {
                 *s += 1;
                 *s - 1
             });
-            let frags = vec![
-                Frag {
-                    state: FragState::Queued,
-                    retransmits: 0,
-                };
-                count as usize
-            ];
+            let frags = Frags::new(count);
             self.outbox.push_back(Some(OutMsg {
                 payload: buf,
                 guarantee: opts.guarantee,

@@ -1,0 +1,124 @@
+//! Steady-state allocation: once warmed up, moving messages between two connections (send,
+//! transmit, receive, deliver, acknowledge, outcome) allocates nothing on the heap, provided the
+//! application hands received payloads back with `recycle`.
+#![allow(clippy::disallowed_methods)] // a base instant for virtual time; only offsets matter
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use surely::{Config, Connection, Event, Guarantee, SendOptions};
+
+/// Counts allocations made by the current test (tests in this file run one at a time under a
+/// mutex, so the global counter is theirs).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: delegates every call to the system allocator unchanged; the counter is a side effect.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Moves `rounds` batches of `batch` messages from a to b; returns allocations counted during
+/// the last `measured` rounds.
+fn allocations(
+    opts: SendOptions,
+    size: usize,
+    batch: usize,
+    rounds: usize,
+    measured: usize,
+) -> u64 {
+    let config = Arc::new(Config::default());
+    let t0 = Instant::now();
+    let mut a = Connection::new(config.clone(), 1, 2, t0).unwrap();
+    let mut b = Connection::new(config, 2, 1, t0).unwrap();
+    let mut buf = vec![0u8; 1500];
+    let payload = vec![7u8; size];
+    let mut now = t0;
+    let mut before = 0;
+    for round in 0..rounds {
+        if round == rounds - measured {
+            before = ALLOCATIONS.load(Ordering::Relaxed);
+        }
+        for _ in 0..batch {
+            a.send(now, &payload, opts).unwrap();
+        }
+        // Deliver until both sides are quiet, advancing time past the ack delay.
+        for _ in 0..50 {
+            let mut moved = false;
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                b.handle_datagram(now, &buf[..n]).unwrap();
+                moved = true;
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.handle_datagram(now, &buf[..n]).unwrap();
+                moved = true;
+            }
+            while let Some(ev) = b.poll_event() {
+                if let Event::Message(m) = ev {
+                    b.recycle(m.payload);
+                }
+            }
+            while let Some(ev) = a.poll_event() {
+                assert!(matches!(ev, Event::Delivered { .. }), "{ev:?}");
+            }
+            if !moved && a.pending_messages() == 0 {
+                break;
+            }
+            now += Duration::from_millis(1);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+        }
+        assert_eq!(a.pending_messages(), 0, "round {round} completed");
+    }
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+#[test]
+fn no_allocation_per_message_in_steady_state() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for g in [
+        Guarantee::ExactlyOnce,
+        Guarantee::AtLeastOnce,
+        Guarantee::AtMostOnce,
+    ] {
+        let n = allocations(SendOptions::new(g), 64, 100, 300, 200);
+        assert_eq!(
+            n, 0,
+            "{g}: {n} allocations for 20,000 messages in steady state"
+        );
+    }
+}
+
+#[test]
+fn no_allocation_per_message_on_an_ordered_channel() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let opts = SendOptions::new(Guarantee::ExactlyOnce)
+        .channel(3)
+        .ordered(true);
+    let n = allocations(opts, 200, 50, 300, 200);
+    assert_eq!(
+        n, 0,
+        "{n} allocations for 10,000 ordered messages in steady state"
+    );
+}
