@@ -8,6 +8,9 @@ use std::ops::Range;
 
 use bitvec::prelude::{BitVec, Lsb0};
 
+/// Steps up to this long are taken bit by bit instead of with slice operations.
+const SHORT_STEP: usize = 8;
+
 /// Why an id was not accepted by [`DedupWindow::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
@@ -117,6 +120,15 @@ impl DedupWindow {
     /// Moves the base forward past every inserted id at the front of the window (their bits
     /// are consumed); returns the new base.
     pub fn advance_contiguous(&mut self) -> u64 {
+        // Fast path, the common case in order: no set bit, or a short run, at the front.
+        let mut stepped = 0;
+        while stepped < SHORT_STEP {
+            if !self.bits[self.head] {
+                return self.base;
+            }
+            self.step();
+            stepped += 1;
+        }
         let run = self.find(0, false).unwrap_or(self.capacity());
         if run > 0 {
             // Set bits are all below `end()`, so this cannot pass `u64::MAX`.
@@ -135,6 +147,17 @@ impl DedupWindow {
         }
         let delta = new_base - self.base;
         let capacity = self.capacity();
+        if delta <= SHORT_STEP as u64 {
+            // Fast path for the common small step: bit by bit.
+            let mut gaps = 0;
+            for _ in 0..delta {
+                if !self.bits[self.head] {
+                    gaps += 1;
+                }
+                self.step();
+            }
+            return gaps;
+        }
         let gaps = if delta >= capacity as u64 {
             let set = self.bits.count_ones() as u64;
             self.bits.fill(false);
@@ -163,6 +186,14 @@ impl DedupWindow {
     /// The number of inserted ids inside the window.
     pub fn count_set(&self) -> usize {
         self.bits.count_ones()
+    }
+
+    /// Consumes the front slot: clears it and moves the base and head by one.
+    fn step(&mut self) {
+        let h = self.head;
+        self.bits.set(h, false);
+        self.head = if h + 1 == self.capacity() { 0 } else { h + 1 };
+        self.base += 1;
     }
 
     /// The offset of `id` from the base if the window can hold it.

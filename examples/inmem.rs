@@ -1,0 +1,102 @@
+//! Moves messages between two connections in memory (no sockets, no simulator), for
+//! measuring the protocol's own cost: run it under `valgrind --tool=callgrind` with two
+//! message counts and divide the difference in instructions by the difference in messages.
+//!
+//! ```text
+//! cargo run --release --example inmem -- [--messages N] [--size BYTES] [--guarantee G]
+//! ```
+//!
+//! Prints one JSON line: `{"messages","size","guarantee","elapsed_s","msgs_per_s","datagrams"}`.
+// The example measures wall time; the protocol core itself never reads the clock.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Args, Json};
+use surely::{Config, Connection, Event, Guarantee};
+
+fn main() -> ExitCode {
+    let args = match Args::parse("inmem", &["--messages", "--size", "--guarantee"], &[]) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("inmem: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let parsed = (|| -> Result<_, String> {
+        Ok((
+            args.get::<u64>("--messages", 1_000_000)?,
+            args.get::<usize>("--size", 64)?,
+            args.get("--guarantee", Guarantee::ExactlyOnce)?,
+        ))
+    })();
+    let (messages, size, g) = match parsed {
+        Ok(p) => p,
+        Err(e) => return args.fail(&e),
+    };
+    let config = Arc::new(Config::default());
+    let start = Instant::now();
+    let mut now = start;
+    let mut a = Connection::new(config.clone(), 1, 2, now).expect("valid config");
+    let mut b = Connection::new(config, 2, 1, now).expect("valid config");
+    let payload = vec![0x5au8; size];
+    let mut buf = vec![0u8; 1500];
+    let (mut sent, mut outcomes, mut datagrams) = (0u64, 0u64, 0u64);
+    while outcomes < messages {
+        // The application queues a batch, then the connections exchange datagrams.
+        let batch = (messages - sent).min(256);
+        for _ in 0..batch {
+            a.send(now, &payload, g).expect("send");
+            sent += 1;
+        }
+        loop {
+            let mut moved = false;
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                let _ = b.handle_datagram(now, &buf[..n]);
+                datagrams += 1;
+                moved = true;
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                let _ = a.handle_datagram(now, &buf[..n]);
+                datagrams += 1;
+                moved = true;
+            }
+            while let Some(ev) = b.poll_event() {
+                if let Event::Message(m) = ev {
+                    b.recycle(m.payload);
+                }
+            }
+            while let Some(ev) = a.poll_event() {
+                if matches!(ev, Event::Delivered { .. } | Event::Undeliverable { .. }) {
+                    outcomes += 1;
+                }
+            }
+            if !moved {
+                if a.pending_messages() == 0 {
+                    break;
+                }
+                // Let the delayed acknowledgement fire (virtual time: no sleeping).
+                now += Duration::from_millis(1);
+                a.handle_timeout(now);
+                b.handle_timeout(now);
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        Json::default()
+            .int("messages", messages)
+            .int("size", size as u64)
+            .str("guarantee", &g.to_string())
+            .num("elapsed_s", elapsed)
+            .num("msgs_per_s", messages as f64 / elapsed.max(1e-9))
+            .int("datagrams", datagrams)
+            .finish()
+    );
+    ExitCode::SUCCESS
+}
