@@ -1,13 +1,44 @@
 //! A nonblocking UDP socket with batched I/O: `recvmmsg`/`sendmmsg` on Linux, a loop of
 //! `recv_from`/`send_to` elsewhere. The only code in the crate that calls into the OS.
+//!
+//! On Linux the socket also uses the kernel's UDP offloads where they are available (detected
+//! at [`UdpSocket::bind`], see [`SocketOptions::offload`]):
+//!
+//! - **GSO** (`UDP_SEGMENT`, Linux 4.18+): consecutive queued datagrams to the same destination
+//!   with the same size (the last of a run may be shorter) leave as one message that the
+//!   kernel (or the network card) cuts into the original datagrams, so a run of up to 64
+//!   datagrams costs one trip through the stack instead of one each. If the kernel refuses a
+//!   segmented send, the socket stops segmenting for good and resends the batch the plain way.
+//! - **GRO** (`UDP_GRO`, Linux 5.0+): the kernel may hand over a run of datagrams from one
+//!   source as one coalesced datagram plus its segment size; [`UdpSocket::recv_batch`] splits
+//!   it again, so a [`RecvBatch`] always holds one entry per datagram sent, in order. GRO is
+//!   turned on at the first receive into a batch whose slots can hold a coalesced run (see
+//!   [`RecvBatch::new`]), not at bind: once on it cannot safely be turned off again (the
+//!   kernel stops labelling the runs already queued), and a socket only ever read with
+//!   smaller slots must never receive runs.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// The smallest receive slot that can hold any coalesced (GRO) datagram: the largest UDP
+/// payload. Only a receive into a batch with slots this large turns GRO on.
+const GRO_SLOT: usize = u16::MAX as usize;
+/// [`UdpSocket`]'s GRO states: off for good, to be tried at the first large-slot receive, on.
+const GRO_OFF: u8 = 0;
+const GRO_PENDING: u8 = 1;
+const GRO_ON: u8 = 2;
+/// Most segments in one coalesced datagram we send: the kernel's `UDP_MAX_SEGMENTS` (64 until
+/// Linux 6.13, 128 since). Received ones may hold more; the batch then grows once.
+const MAX_SEGMENTS: usize = 64;
+/// Most messages per `recvmmsg`/`sendmmsg` call.
+const MAX_BATCH: usize = 64;
+
 /// Socket settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SocketOptions {
     /// Kernel receive buffer size in bytes (`SO_RCVBUF`); `None` keeps the system default.
     pub recv_buffer: Option<usize>,
@@ -15,6 +46,12 @@ pub struct SocketOptions {
     pub send_buffer: Option<usize>,
     /// For an IPv6 address: accept IPv4-mapped peers too (`IPV6_V6ONLY` off).
     pub dual_stack: bool,
+    /// Use the kernel's UDP segmentation offload on send (`UDP_SEGMENT`) and receive offload
+    /// (`UDP_GRO`) where it has them (Linux; elsewhere this does nothing). Whether they are
+    /// in use shows in [`UdpSocket::gso_enabled`] and [`UdpSocket::gro_enabled`]. `false`
+    /// keeps one message per datagram both ways, e.g. to measure the difference. Default
+    /// `true`.
+    pub offload: bool,
 }
 
 impl Default for SocketOptions {
@@ -23,6 +60,7 @@ impl Default for SocketOptions {
             recv_buffer: Some(4 << 20),
             send_buffer: Some(4 << 20),
             dual_stack: false,
+            offload: true,
         }
     }
 }
@@ -32,11 +70,15 @@ impl Default for SocketOptions {
 pub struct UdpSocket {
     io: mio::net::UdpSocket,
     local: SocketAddr,
+    /// Sends segment runs with `UDP_SEGMENT`; cleared for good when the kernel refuses.
+    gso: AtomicBool,
+    /// `GRO_ON`: received datagrams may be coalesced runs (see `GRO_OFF`).
+    gro: AtomicU8,
 }
 
 impl UdpSocket {
     /// Creates, tunes and binds a nonblocking socket. Buffer sizes the kernel refuses are not
-    /// an error (it clamps them); a failure to bind is.
+    /// an error (it clamps them), nor are offloads it lacks; a failure to bind is.
     pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> io::Result<UdpSocket> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
         if addr.is_ipv6() {
@@ -48,6 +90,8 @@ impl UdpSocket {
         if let Some(n) = opts.send_buffer {
             let _ = socket.set_send_buffer_size(n);
         }
+        let gso = opts.offload && sys::gso_supported(&socket);
+        let gro = if opts.offload { GRO_PENDING } else { GRO_OFF };
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         let std_socket: std::net::UdpSocket = socket.into();
@@ -55,6 +99,8 @@ impl UdpSocket {
         Ok(UdpSocket {
             io: mio::net::UdpSocket::from_std(std_socket),
             local,
+            gso: AtomicBool::new(gso),
+            gro: AtomicU8::new(gro),
         })
     }
 
@@ -68,10 +114,34 @@ impl UdpSocket {
         &mut self.io
     }
 
-    /// Receives as many datagrams as are waiting, up to the batch's capacity. Returns how
-    /// many; `Ok(0)` means none were waiting (`WouldBlock`). Retries on `Interrupted`.
+    /// Whether sends currently use UDP segmentation offload (`UDP_SEGMENT`): the kernel has
+    /// it, [`SocketOptions::offload`] asked for it and no segmented send has been refused.
+    pub fn gso_enabled(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+
+    /// Whether the kernel may coalesce received datagrams (`UDP_GRO` is on). It is turned on
+    /// at the first [`recv_batch`](Self::recv_batch) into a batch with slots of at least
+    /// 65,535 bytes (as [`Driver`](super::Driver) uses), if [`SocketOptions::offload`] asks
+    /// for it and the kernel has it; until then this is `false`.
+    pub fn gro_enabled(&self) -> bool {
+        self.gro.load(Ordering::Relaxed) == GRO_ON
+    }
+
+    /// Receives as many datagrams as are waiting, up to the batch's capacity (each coalesced
+    /// run counting as one: with GRO the result can exceed [`RecvBatch::capacity`]). Returns
+    /// how many; `Ok(0)` means none were waiting (`WouldBlock`). Retries on `Interrupted`.
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         batch.clear();
+        if batch.slot >= GRO_SLOT
+            && self.gro.load(Ordering::Relaxed) == GRO_PENDING
+            && (self.gro)
+                .compare_exchange(GRO_PENDING, GRO_OFF, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            && sys::enable_gro(&self.io)
+        {
+            self.gro.store(GRO_ON, Ordering::Relaxed);
+        }
         loop {
             match sys::recv_batch(&self.io, batch) {
                 Ok(n) => return Ok(n),
@@ -89,7 +159,7 @@ impl UdpSocket {
     pub fn send_batch(&self, batch: &mut SendBatch) -> io::Result<usize> {
         let mut total = 0;
         while batch.sent < batch.len {
-            match sys::send_batch(&self.io, batch) {
+            match sys::send_batch(&self.io, batch, &self.gso) {
                 Ok(0) => break,
                 Ok(n) => {
                     batch.sent += n;
@@ -111,56 +181,76 @@ impl UdpSocket {
     }
 }
 
+/// One received datagram: its source and where its bytes are in the batch.
+#[derive(Clone, Copy, Debug)]
+struct Received {
+    addr: SocketAddr,
+    start: usize,
+    len: usize,
+}
+
 /// Buffers for up to `capacity` received datagrams of up to `slot` bytes each, allocated once.
 #[derive(Debug)]
 pub struct RecvBatch {
     data: Vec<u8>,
     slot: usize,
-    lens: Vec<usize>,
-    addrs: Vec<SocketAddr>,
-    count: usize,
+    capacity: usize,
+    /// The datagrams of the last receive, in order (several per slot for coalesced runs).
+    datagrams: Vec<Received>,
+    /// Messages the last receive got from the kernel (fewer than datagrams when coalesced).
+    messages: usize,
 }
 
 impl RecvBatch {
     /// Space for `capacity` datagrams of up to `slot` bytes (longer ones are truncated and
     /// will fail their integrity check).
+    ///
+    /// With `slot` of at least 65,535 bytes (the largest UDP payload) each slot can take a
+    /// whole coalesced run, and the first receive into such a batch turns GRO on for the
+    /// socket (see [`UdpSocket::gro_enabled`]). Receives into batches with smaller slots never
+    /// turn it on, so a socket only ever read with them gets its datagrams one by one. Do not
+    /// read a socket with small slots after large ones: a coalesced run longer than `slot`
+    /// then keeps only the datagrams that fit (the rest are lost, with a warning logged).
     pub fn new(capacity: usize, slot: usize) -> RecvBatch {
         let capacity = capacity.max(1);
+        let entries = if cfg!(target_os = "linux") && slot >= GRO_SLOT {
+            capacity.max(capacity.min(MAX_BATCH) * MAX_SEGMENTS)
+        } else {
+            capacity
+        };
         RecvBatch {
             data: vec![0; capacity * slot],
             slot,
-            lens: vec![0; capacity],
-            addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); capacity],
-            count: 0,
+            capacity,
+            datagrams: Vec::with_capacity(entries),
+            messages: 0,
         }
     }
 
-    /// How many datagrams the batch can hold.
+    /// How many datagrams one receive takes at most, counting a coalesced (GRO) run as one.
     pub fn capacity(&self) -> usize {
-        self.lens.len()
+        self.capacity
     }
 
     /// Datagrams received by the last `recv_batch`.
     pub fn len(&self) -> usize {
-        self.count
+        self.datagrams.len()
     }
 
     /// Whether the last `recv_batch` received nothing.
     pub fn is_empty(&self) -> bool {
-        self.count == 0
+        self.datagrams.is_empty()
     }
 
     /// Datagram `i`: its source and bytes.
     pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
-        if i >= self.count {
-            return None;
-        }
-        let start = i * self.slot;
-        Some((self.addrs[i], &self.data[start..start + self.lens[i]]))
+        let d = self.datagrams.get(i)?;
+        Some((d.addr, &self.data[d.start..d.start + d.len]))
     }
 
     fn clear(&mut self) {
-        self.count = 0;
+        self.datagrams.clear();
+        self.messages = 0;
     }
 }
 
@@ -238,41 +328,112 @@ impl SendBatch {
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod sys {
-    //! `recvmmsg`/`sendmmsg`: one system call for a whole batch.
+    //! `recvmmsg`/`sendmmsg`: one system call for a whole batch, with `UDP_SEGMENT` (GSO) and
+    //! `UDP_GRO` control messages when the socket uses them.
 
     use std::io;
     use std::mem::{size_of, zeroed};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    use super::{RecvBatch, SendBatch};
+    use super::{MAX_BATCH, MAX_SEGMENTS, Received, RecvBatch, SendBatch};
 
-    /// Most datagrams per system call.
-    const MAX_BATCH: usize = 64;
+    /// From `linux/udp.h` (the `libc` crate defines them for some Linux targets only).
+    const UDP_SEGMENT: libc::c_int = 103;
+    const UDP_GRO: libc::c_int = 104;
+
+    /// Most datagrams (one iovec each) per segmented `sendmmsg`.
+    const MAX_SEND_IOVS: usize = 256;
+    /// Most payload bytes in one segmented message: the largest IPv4 UDP payload
+    /// (65,535 − 20 − 8). The kernel refuses more (`EMSGSIZE`).
+    const MAX_GSO_BYTES: usize = 65_507;
+
+    /// Room for the control messages of one message: a `UDP_SEGMENT` (u16) to send, a
+    /// `UDP_GRO` (int) to receive, with spare room for any other the kernel adds.
+    const CMSG_BUF: usize = 64;
+    // SAFETY: CMSG_SPACE only computes a size from its argument.
+    const GSO_CMSG_SPACE: usize = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as usize;
+    // SAFETY: as above.
+    const GRO_CMSG_SPACE: usize =
+        unsafe { libc::CMSG_SPACE(size_of::<libc::c_int>() as u32) } as usize;
+    const _: () = assert!(GSO_CMSG_SPACE <= CMSG_BUF && GRO_CMSG_SPACE <= CMSG_BUF);
+    // SAFETY: CMSG_LEN only computes a size from its argument.
+    const GRO_CMSG_LEN: usize = unsafe { libc::CMSG_LEN(size_of::<libc::c_int>() as u32) } as usize;
+
+    /// A control-message buffer, aligned for `cmsghdr` (whose alignment is that of `size_t`).
+    #[derive(Clone, Copy)]
+    #[repr(C, align(8))]
+    struct CmsgBuf([u8; CMSG_BUF]);
+    const _: () = assert!(align_of::<CmsgBuf>() >= align_of::<libc::cmsghdr>());
+
+    /// Whether the kernel has GSO: reading `UDP_SEGMENT` works since the kernel that added
+    /// it (setting it instead would segment every send).
+    pub fn gso_supported(socket: &socket2::Socket) -> bool {
+        let fd = socket.as_raw_fd();
+        let mut val: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `fd` is an open socket owned by `socket`; `val` and `len` are live locals
+        // and `len` holds `val`'s size, so the kernel writes at most that many bytes.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_UDP,
+                UDP_SEGMENT,
+                (&mut val as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        ret == 0
+    }
+
+    /// Turns `UDP_GRO` on; whether the kernel accepted.
+    pub fn enable_gro(sock: &mio::net::UdpSocket) -> bool {
+        let val: libc::c_int = 1;
+        // SAFETY: the fd is an open socket owned by `sock`; the kernel reads
+        // `size_of::<c_int>()` bytes from `val`, a live local of that size.
+        let ret = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_GRO,
+                (&val as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        ret == 0
+    }
 
     pub fn recv_batch(sock: &mio::net::UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
-        let n = batch.capacity().min(MAX_BATCH);
+        let n = batch.capacity.min(MAX_BATCH);
         // SAFETY: all-zero bytes are a valid value for these plain C structs.
         let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
         let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+        let mut ctrl = [CmsgBuf([0; CMSG_BUF]); MAX_BATCH];
         let slot = batch.slot;
         let base = batch.data.as_mut_ptr();
-        for i in 0..n {
-            // SAFETY: `i * slot + slot <= data.len()` because data holds capacity * slot bytes
-            // and i < n <= capacity.
-            iovs[i].iov_base = unsafe { base.add(i * slot) }.cast();
-            iovs[i].iov_len = slot;
-            hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-            hdrs[i].msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
+        for (i, iov) in iovs[..n].iter_mut().enumerate() {
+            // In bounds: data holds capacity * slot bytes and i < n <= capacity.
+            iov.iov_base = base.wrapping_add(i * slot).cast();
+            iov.iov_len = slot;
         }
-        // SAFETY: every header points at a live iovec and sockaddr_storage of this frame, and
-        // each iovec at a distinct `slot`-byte region of `batch.data`, which outlives the call.
-        // The fd is a valid open socket owned by `sock`.
+        // From here on the arrays are only reached through these pointers (and by the kernel).
+        let (names_p, iovs_p, ctrl_p) = (names.as_mut_ptr(), iovs.as_mut_ptr(), ctrl.as_mut_ptr());
+        for (i, h) in hdrs[..n].iter_mut().enumerate() {
+            let h = &mut h.msg_hdr;
+            h.msg_name = names_p.wrapping_add(i).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_iov = iovs_p.wrapping_add(i);
+            h.msg_iovlen = 1;
+            h.msg_control = ctrl_p.wrapping_add(i).cast();
+            h.msg_controllen = CMSG_BUF as _;
+        }
+        // SAFETY: every header points at a live iovec, sockaddr_storage and control buffer of
+        // this frame (of the sizes given), and each iovec at a distinct `slot`-byte region of
+        // `batch.data`, which outlives the call. The fd is a valid open socket owned by `sock`.
         let got = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
@@ -286,26 +447,197 @@ mod sys {
             return Err(io::Error::last_os_error());
         }
         let got = got as usize;
-        let mut kept = 0;
-        for i in 0..got {
+        batch.messages = got;
+        for (i, h) in hdrs[..got].iter().enumerate() {
             let Some(addr) = to_socket_addr(&names[i]) else {
                 continue;
             };
-            let len = (hdrs[i].msg_len as usize).min(slot);
-            if kept != i {
-                batch
-                    .data
-                    .copy_within(i * slot..i * slot + len, kept * slot);
+            let start = i * slot;
+            let len = (h.msg_len as usize).min(slot);
+            let segment = gro_segment_size(&h.msg_hdr).filter(|&s| s < len);
+            let Some(segment) = segment else {
+                batch.datagrams.push(Received { addr, start, len });
+                continue;
+            };
+            if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                log::warn!(
+                    "a coalesced run from {addr} did not fit a {slot}-byte slot: datagrams lost"
+                );
             }
-            batch.lens[kept] = len;
-            batch.addrs[kept] = addr;
-            kept += 1;
+            // A coalesced run: segments of `segment` bytes, the last possibly shorter.
+            let mut off = 0;
+            while off < len {
+                let seg_len = segment.min(len - off);
+                batch.datagrams.push(Received {
+                    addr,
+                    start: start + off,
+                    len: seg_len,
+                });
+                off += seg_len;
+            }
         }
-        batch.count = kept;
-        Ok(kept)
+        Ok(batch.datagrams.len())
     }
 
-    pub fn send_batch(sock: &mio::net::UdpSocket, batch: &SendBatch) -> io::Result<usize> {
+    /// The segment size of a coalesced datagram, from its `UDP_GRO` control message.
+    fn gro_segment_size(hdr: &libc::msghdr) -> Option<usize> {
+        // SAFETY: `msg_control` points at a live, aligned `CmsgBuf` and the kernel set
+        // `msg_controllen` to the bytes of it that it filled; CMSG_FIRSTHDR only reads these
+        // two fields and returns null or a pointer to a header inside that range.
+        let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(hdr) };
+        while !cmsg.is_null() {
+            // SAFETY: a non-null result of CMSG_FIRSTHDR/CMSG_NXTHDR points at a whole,
+            // aligned `cmsghdr` inside the filled part of the buffer.
+            let c = unsafe { &*cmsg };
+            if c.cmsg_level == libc::SOL_UDP
+                && c.cmsg_type == UDP_GRO
+                && c.cmsg_len as usize >= GRO_CMSG_LEN
+            {
+                // SAFETY: `cmsg_len` (which the kernel cuts to what it actually wrote) says an
+                // int follows the header, at CMSG_DATA; read unaligned to not rely on padding.
+                let size = unsafe { libc::CMSG_DATA(cmsg).cast::<libc::c_int>().read_unaligned() };
+                return usize::try_from(size).ok().filter(|&s| s > 0);
+            }
+            // SAFETY: `hdr` and `cmsg` are as above; CMSG_NXTHDR checks the next header
+            // against `msg_controllen` and returns null past the end.
+            cmsg = unsafe { libc::CMSG_NXTHDR(hdr, cmsg) };
+        }
+        None
+    }
+
+    /// Sends from the first unsent datagram on, segmented while `gso` is set. If the kernel
+    /// refuses a segmented message (nothing of which left), the same datagrams go again the
+    /// plain way in the same call. If the refusal names segmentation (`EINVAL`, `ENOPROTOOPT`,
+    /// `EIO`, `EMSGSIZE`) and the plain send gets through, segmentation stops for good; if
+    /// the plain send fails too, the datagram, not segmentation, may be at fault (e.g. port
+    /// 0 gives `EINVAL` either way), and the next call tries segmenting again.
+    pub fn send_batch(
+        sock: &mio::net::UdpSocket,
+        batch: &SendBatch,
+        gso: &AtomicBool,
+    ) -> io::Result<usize> {
+        if !gso.load(Ordering::Relaxed) {
+            return send_plain(sock, batch);
+        }
+        let (err, segments) = match send_segmented(sock, batch) {
+            Ok(n) => return Ok(n),
+            Err(e) => e,
+        };
+        let retry = matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+        );
+        if segments == 1 || retry {
+            // Not a segmented message, or no verdict on segmentation: as for a plain send.
+            return Err(err);
+        }
+        let plain = send_plain(sock, batch);
+        let refused = matches!(
+            err.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOPROTOOPT | libc::EIO | libc::EMSGSIZE)
+        );
+        if refused && matches!(plain, Ok(n) if n > 0) {
+            gso.store(false, Ordering::Relaxed);
+            log::info!("UDP segmentation offload refused ({err}): sending datagrams one by one");
+        }
+        plain
+    }
+
+    /// One `sendmmsg` with one message per run of datagrams to the same destination with the
+    /// same size (the last may be shorter), each run carrying its segment size in a
+    /// `UDP_SEGMENT` control message. Returns the datagrams sent, or the error with how many
+    /// datagrams the first (refused) message held.
+    fn send_segmented(
+        sock: &mio::net::UdpSocket,
+        batch: &SendBatch,
+    ) -> Result<usize, (io::Error, usize)> {
+        // SAFETY: all-zero bytes are a valid value for these plain C structs.
+        let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut iovs: [libc::iovec; MAX_SEND_IOVS] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+        let mut ctrl = [CmsgBuf([0; CMSG_BUF]); MAX_BATCH];
+        // Per message: first iovec, datagrams, segment size, address length.
+        let mut runs = [(0usize, 0usize, 0usize, 0 as libc::socklen_t); MAX_BATCH];
+        let (mut msgs, mut iov_count, mut next) = (0, 0, batch.sent);
+        while next < batch.len && msgs < MAX_BATCH && iov_count < MAX_SEND_IOVS {
+            let (addr, first) = batch.datagram(next);
+            let segment = first.len();
+            let room = (MAX_SEND_IOVS - iov_count).min(MAX_SEGMENTS);
+            let (mut count, mut total) = (0, 0);
+            for (to, data) in (next..batch.len).map(|i| batch.datagram(i)) {
+                let fits = count == 0
+                    || (to == addr
+                        && !data.is_empty()
+                        && data.len() <= segment
+                        && total + data.len() <= MAX_GSO_BYTES);
+                if count == room || !fits {
+                    break;
+                }
+                iovs[iov_count + count] = libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                };
+                count += 1;
+                total += data.len();
+                if data.len() < segment || segment == 0 {
+                    break; // a shorter datagram ends the run (and empty ones stay alone)
+                }
+            }
+            let namelen = from_socket_addr(addr, &mut names[msgs]);
+            runs[msgs] = (iov_count, count, segment, namelen);
+            msgs += 1;
+            iov_count += count;
+            next += count;
+        }
+        // From here on the arrays are only reached through these pointers (and by the kernel).
+        let (names_p, iovs_p, ctrl_p) = (names.as_mut_ptr(), iovs.as_mut_ptr(), ctrl.as_mut_ptr());
+        for (i, (h, &(first, count, segment, namelen))) in
+            hdrs.iter_mut().zip(&runs).take(msgs).enumerate()
+        {
+            let h = &mut h.msg_hdr;
+            h.msg_name = names_p.wrapping_add(i).cast();
+            h.msg_namelen = namelen;
+            h.msg_iov = iovs_p.wrapping_add(first);
+            h.msg_iovlen = count as _;
+            if count > 1 {
+                h.msg_control = ctrl_p.wrapping_add(i).cast();
+                h.msg_controllen = GSO_CMSG_SPACE as _;
+                // SAFETY: `msg_control` points at this message's zeroed, aligned `CmsgBuf`
+                // of CMSG_BUF >= GSO_CMSG_SPACE bytes, so CMSG_FIRSTHDR returns a non-null
+                // pointer to a `cmsghdr` at its start, and CMSG_DATA a pointer inside it with
+                // room for the u16 (CMSG_SPACE(2) bytes in all); CMSG_LEN only computes.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(h);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    // Runs of more than one total at most MAX_GSO_BYTES, so this fits a u16.
+                    libc::CMSG_DATA(c)
+                        .cast::<u16>()
+                        .write_unaligned(segment as u16);
+                }
+            }
+        }
+        // SAFETY: every header points at a live address, run of iovecs and (for runs)
+        // control message of this frame; each iovec points into `batch.data`, borrowed for
+        // the whole call; the kernel only reads them. The fd is a valid open socket.
+        let sent = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                hdrs.as_mut_ptr(),
+                msgs as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            return Err((io::Error::last_os_error(), runs[0].1));
+        }
+        Ok(runs[..sent as usize].iter().map(|r| r.1).sum())
+    }
+
+    fn send_plain(sock: &mio::net::UdpSocket, batch: &SendBatch) -> io::Result<usize> {
         let n = (batch.len - batch.sent).min(MAX_BATCH);
         // SAFETY: all-zero bytes are a valid value for these plain C structs.
         let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
@@ -313,15 +645,20 @@ mod sys {
         let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
         // SAFETY: as above.
         let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+        let mut lens = [0 as libc::socklen_t; MAX_BATCH];
         for i in 0..n {
             let (addr, data) = batch.datagram(batch.sent + i);
-            let len = from_socket_addr(addr, &mut names[i]);
+            lens[i] = from_socket_addr(addr, &mut names[i]);
             iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
             iovs[i].iov_len = data.len();
-            hdrs[i].msg_hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
-            hdrs[i].msg_hdr.msg_namelen = len;
-            hdrs[i].msg_hdr.msg_iov = &mut iovs[i];
-            hdrs[i].msg_hdr.msg_iovlen = 1;
+        }
+        // From here on the arrays are only reached through these pointers (and by the kernel).
+        let (names_p, iovs_p) = (names.as_mut_ptr(), iovs.as_mut_ptr());
+        for (i, h) in hdrs[..n].iter_mut().enumerate() {
+            h.msg_hdr.msg_name = names_p.wrapping_add(i).cast();
+            h.msg_hdr.msg_namelen = lens[i];
+            h.msg_hdr.msg_iov = iovs_p.wrapping_add(i);
+            h.msg_hdr.msg_iovlen = 1;
         }
         // SAFETY: every header points at a live iovec and address of this frame; each iovec
         // points into `batch.data`, borrowed for the whole call; the kernel only reads them.
@@ -404,8 +741,18 @@ mod sys {
     //! Portable fallback: one system call per datagram.
 
     use std::io;
+    use std::sync::atomic::AtomicBool;
 
-    use super::{RecvBatch, SendBatch};
+    use super::{Received, RecvBatch, SendBatch};
+
+    /// No offloads here.
+    pub fn gso_supported(_socket: &socket2::Socket) -> bool {
+        false
+    }
+
+    pub fn enable_gro(_sock: &mio::net::UdpSocket) -> bool {
+        false
+    }
 
     pub fn recv_batch(sock: &mio::net::UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
         let mut n = 0;
@@ -414,19 +761,22 @@ mod sys {
             let slot = batch.slot;
             match sock.recv_from(&mut batch.data[start..start + slot]) {
                 Ok((len, addr)) => {
-                    batch.lens[n] = len;
-                    batch.addrs[n] = addr;
+                    batch.datagrams.push(Received { addr, start, len });
                     n += 1;
                 }
                 Err(e) if n > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
         }
-        batch.count = n;
+        batch.messages = n;
         Ok(n)
     }
 
-    pub fn send_batch(sock: &mio::net::UdpSocket, batch: &SendBatch) -> io::Result<usize> {
+    pub fn send_batch(
+        sock: &mio::net::UdpSocket,
+        batch: &SendBatch,
+        _gso: &AtomicBool,
+    ) -> io::Result<usize> {
         let (addr, data) = batch.datagram(batch.sent);
         sock.send_to(data, addr).map(|_| 1)
     }
@@ -478,5 +828,273 @@ mod tests {
             assert_eq!(seen, (0..100).collect::<Vec<_>>(), "{local}");
             assert_eq!(b.recv_batch(&mut inb).unwrap(), 0, "nothing more");
         }
+    }
+
+    /// Datagram `k` of a test: `len` bytes, its index first, then a pattern.
+    fn payload(k: usize, len: usize) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..len).map(|j| (j * 7 + k * 13) as u8).collect();
+        let n = len.min(4);
+        v[..n].copy_from_slice(&(k as u32).to_le_bytes()[..n]);
+        v
+    }
+
+    /// What the receivers of an [`exchange`] got.
+    #[derive(Debug)]
+    struct Outcome {
+        /// Per receiver, the datagrams in arrival order.
+        received: Vec<Vec<Vec<u8>>>,
+        /// Per receiver, the messages they came in (fewer when GRO coalesced them).
+        messages: Vec<usize>,
+        /// Whether the sender still used GSO at the end.
+        gso: bool,
+        /// Per receiver, whether GRO was on at the end.
+        gro: Vec<bool>,
+    }
+
+    /// Sends `plan` (receiver index, length) from one socket to `receivers` sockets, `chunk`
+    /// datagrams per batch (each chunk is received before the next is sent, to bound what is
+    /// in flight), and checks that each receiver got its datagrams from the sender, intact
+    /// and in order. `None` without IPv6.
+    #[allow(clippy::too_many_arguments)]
+    fn exchange(
+        local: &str,
+        send_offload: bool,
+        recv_offload: bool,
+        recv_slot: usize,
+        receivers: usize,
+        plan: &[(usize, usize)],
+        chunk: usize,
+        tweak: impl FnOnce(&UdpSocket),
+    ) -> Option<Outcome> {
+        let addr: SocketAddr = local.parse().unwrap();
+        let opts = |offload| SocketOptions {
+            offload,
+            ..SocketOptions::default()
+        };
+        let a = UdpSocket::bind(addr, &opts(send_offload)).ok()?;
+        let bs: Vec<UdpSocket> = (0..receivers)
+            .map(|_| UdpSocket::bind(addr, &opts(recv_offload)).unwrap())
+            .collect();
+        tweak(&a);
+        let mut out = SendBatch::new(chunk, 1500);
+        let mut inb = RecvBatch::new(64, recv_slot);
+        for b in &bs {
+            // A first receive, as a driver's, turns GRO on where the slots allow.
+            assert_eq!(b.recv_batch(&mut inb).unwrap(), 0);
+        }
+        let mut received = vec![Vec::new(); receivers];
+        let mut messages = vec![0; receivers];
+        for (c, part) in plan.chunks(chunk).enumerate() {
+            let mut want = vec![0; receivers];
+            for (j, &(to, len)) in part.iter().enumerate() {
+                let k = c * chunk + j;
+                out.slot_mut().unwrap()[..len].copy_from_slice(&payload(k, len));
+                out.push(bs[to].local_addr(), len);
+                want[to] += 1;
+            }
+            let mut sent = 0;
+            for _ in 0..10_000 {
+                sent += a.send_batch(&mut out).unwrap();
+                if out.pending() == 0 {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            assert_eq!(sent, part.len(), "all sent");
+            assert_eq!(out.failed(), 0);
+            for (r, b) in bs.iter().enumerate() {
+                let target = received[r].len() + want[r];
+                for _ in 0..100_000 {
+                    if received[r].len() >= target {
+                        break;
+                    }
+                    let n = b.recv_batch(&mut inb).unwrap();
+                    messages[r] += inb.messages;
+                    for i in 0..n {
+                        let (from, data) = inb.get(i).unwrap();
+                        assert_eq!(from, a.local_addr());
+                        received[r].push(data.to_vec());
+                    }
+                    if n == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                assert_eq!(received[r].len(), target, "receiver {r}, chunk {c}");
+                assert_eq!(b.recv_batch(&mut inb).unwrap(), 0, "nothing more");
+            }
+        }
+        for (r, got) in received.iter().enumerate() {
+            let expected: Vec<Vec<u8>> = (plan.iter().enumerate())
+                .filter(|(_, (to, _))| *to == r)
+                .map(|(k, &(_, len))| payload(k, len))
+                .collect();
+            assert!(*got == expected, "receiver {r} got other datagrams");
+        }
+        Some(Outcome {
+            received,
+            messages,
+            gso: a.gso_enabled(),
+            gro: bs.iter().map(|b| b.gro_enabled()).collect(),
+        })
+    }
+
+    /// A long run of equal-size datagrams with a short last one, then runs of small ones.
+    fn one_peer_plan() -> Vec<(usize, usize)> {
+        let mut plan = vec![(0, 1200); 127];
+        plan.push((0, 300));
+        plan.extend([(0, 100); 128]);
+        plan.push((0, 37));
+        plan
+    }
+
+    #[test]
+    fn gso_run_of_equal_datagrams_with_a_short_last_one_arrives_in_order() {
+        let plan = one_peer_plan();
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            // The receiver without GRO sees the datagrams one by one whatever the sender does.
+            let Some(on) = exchange(local, true, false, 65536, 1, &plan, 128, |_| {}) else {
+                continue; // no IPv6 on this machine
+            };
+            eprintln!("{local}: GSO used: {}", on.gso);
+            let off = exchange(local, false, false, 65536, 1, &plan, 128, |_| {}).unwrap();
+            assert!(!off.gso);
+            assert_eq!(on.received, off.received);
+            assert_eq!(on.messages, vec![plan.len()]);
+        }
+    }
+
+    #[test]
+    fn mixed_destinations_and_sizes_in_one_batch() {
+        let mut plan = vec![(0, 1000); 10];
+        plan.extend([(1, 500); 5]);
+        plan.extend([(0, 1000); 3]);
+        plan.extend([(0, 200), (0, 1000), (0, 1000), (0, 1300), (0, 1300)]);
+        plan.extend([
+            (2, 0),
+            (2, 0),
+            (2, 10),
+            (2, 0),
+            (1, 500),
+            (1, 800),
+            (1, 800),
+        ]);
+        plan.extend([(0, 100), (1, 100), (0, 100), (1, 100), (2, 1), (2, 1)]);
+        plan.extend([(1, 1472); 50]);
+        plan.push((1, 1471));
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let mut results = Vec::new();
+            for (send, recv) in [(true, true), (true, false), (false, true), (false, false)] {
+                let Some(o) = exchange(local, send, recv, 65536, 3, &plan, 128, |_| {}) else {
+                    break;
+                };
+                eprintln!(
+                    "{local} offload {send}/{recv}: {:?} {:?}",
+                    o.messages, o.gro
+                );
+                assert!(send || !o.gso);
+                results.push(o.received);
+            }
+            assert!(results.windows(2).all(|w| w[0] == w[1]));
+        }
+    }
+
+    #[test]
+    fn gro_splits_a_gso_burst_into_the_original_datagrams() {
+        let plan = one_peer_plan();
+        for local in ["127.0.0.1:0", "[::1]:0"] {
+            let Some(on) = exchange(local, true, true, 65536, 1, &plan, 128, |_| {}) else {
+                continue;
+            };
+            eprintln!(
+                "{local}: GSO {} GRO {}: {} datagrams in {} messages",
+                on.gso,
+                on.gro[0],
+                plan.len(),
+                on.messages[0]
+            );
+            if on.gso && on.gro[0] {
+                assert!(on.messages[0] < plan.len() / 10, "coalesced");
+            }
+            let off = exchange(local, false, false, 65536, 1, &plan, 128, |_| {}).unwrap();
+            assert!(!off.gro[0] && !off.gso);
+            assert_eq!(off.messages[0], plan.len());
+            assert_eq!(on.received, off.received);
+        }
+    }
+
+    #[test]
+    fn small_receive_slots_never_turn_gro_on() {
+        let plan = vec![(0, 100); 40];
+        let o = exchange("127.0.0.1:0", true, true, 1500, 1, &plan, 40, |_| {}).unwrap();
+        assert!(!o.gro[0]);
+        assert_eq!(o.messages[0], plan.len());
+    }
+
+    /// A run the kernel refuses because of its destination (port 0: `EINVAL` with or
+    /// without GSO) is skipped datagram by datagram and does not turn GSO off.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn refused_destination_keeps_gso() {
+        let opts = SocketOptions::default();
+        let a = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let gso = a.gso_enabled();
+        let nowhere: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut out = SendBatch::new(16, 1500);
+        for k in 0..16 {
+            let to = if k < 6 { nowhere } else { b.local_addr() };
+            out.slot_mut().unwrap()[..500].copy_from_slice(&payload(k, 500));
+            out.push(to, 500);
+        }
+        let mut sent = 0;
+        for _ in 0..1000 {
+            sent += a.send_batch(&mut out).unwrap();
+            if out.pending() == 0 {
+                break;
+            }
+        }
+        assert_eq!((sent, out.failed()), (10, 6));
+        assert_eq!(a.gso_enabled(), gso);
+        let mut inb = RecvBatch::new(64, 65536);
+        let mut got = Vec::new();
+        for _ in 0..100_000 {
+            let n = b.recv_batch(&mut inb).unwrap();
+            got.extend((0..n).map(|i| inb.get(i).unwrap().1.to_vec()));
+            if got.len() >= 10 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert!(got == (6..16).map(|k| payload(k, 500)).collect::<Vec<_>>());
+    }
+
+    /// `SO_NO_CHECK` makes the kernel refuse segmented sends with `EINVAL`: the socket must
+    /// fall back for good and still deliver every datagram exactly once.
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[allow(unsafe_code)]
+    fn refused_gso_falls_back_without_loss_or_duplicates() {
+        use std::os::fd::AsRawFd;
+        const SO_NO_CHECK: libc::c_int = 11;
+        let mut had_gso = false;
+        let no_check = |a: &UdpSocket| {
+            had_gso = a.gso_enabled();
+            let one: libc::c_int = 1;
+            // SAFETY: a valid socket; the kernel reads one int from a live local.
+            let ret = unsafe {
+                libc::setsockopt(
+                    a.io.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    SO_NO_CHECK,
+                    (&one as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(ret, 0);
+        };
+        let plan = one_peer_plan();
+        let o = exchange("127.0.0.1:0", true, true, 65536, 1, &plan, 128, no_check).unwrap();
+        eprintln!("GSO before: {had_gso}, after: {}", o.gso);
+        assert!(!o.gso, "fell back");
     }
 }
