@@ -1,25 +1,26 @@
 //! A fixed-size log-linear latency histogram.
 //!
-//! Samples are counted in microseconds. Values below 64 us each have their own bucket and are
-//! exact; above that, every power of two is split into 32 equal buckets, so a bucket is at most
-//! 1/32 of its lower bound wide. A quantile is reported as the middle of its bucket, hence
-//! within **1/64 (about 1.6%)** of the recorded sample of that rank. Buckets reach 2^42 us
-//! (about 50.9 days); larger values share the top bucket. Count, min, max and mean are kept
+//! Samples are counted in microseconds. Values below 32 us each have their own bucket and are
+//! exact; above that, every power of two is split into 16 equal buckets, so a bucket is at most
+//! 1/16 of its lower bound wide. A quantile is reported as the middle of its bucket, hence
+//! within **1/32 (about 3.1%)** of the recorded sample of that rank. Buckets reach 2^36 us
+//! (about 19 hours); larger values share the top bucket. Count, min, max and mean are kept
 //! exactly (sub-microsecond parts are truncated), and quantiles are clamped to `[min, max]`.
 //!
-//! The 1216 buckets are allocated once in [`LatencyHistogram::new`]; recording never allocates.
+//! The 528 buckets (4.2 KiB, sized to keep an idle connection small) are allocated once in
+//! [`LatencyHistogram::new`]; recording never allocates.
 
 use std::fmt;
 use std::time::Duration;
 
 /// log2 of the number of sub-buckets per power of two.
-const SUB_BITS: u32 = 5;
+const SUB_BITS: u32 = 4;
 /// Sub-buckets per power of two.
 const SUB: u64 = 1 << SUB_BITS;
 /// Values below this have one bucket each.
 const EXACT: u64 = 2 * SUB;
 /// Values at or above `2^MAX_EXP` us land in the top bucket.
-const MAX_EXP: u32 = 42;
+const MAX_EXP: u32 = 36;
 /// The largest value with a bucket of its own range.
 const MAX_TRACKED: u64 = (1 << MAX_EXP) - 1;
 /// Total number of buckets.
@@ -209,17 +210,17 @@ mod tests {
     #[test]
     fn small_values_are_exact() {
         let mut h = LatencyHistogram::default();
-        for v in 1..=60 {
+        for v in 1..=30 {
             h.record(us(v));
         }
         let cases = [
             (0.0, 1),
             (0.01, 1),
-            (0.5, 30),
-            (0.51, 31),
-            (0.9, 54),
-            (1.0, 60),
-            (7.0, 60),
+            (0.5, 15),
+            (0.51, 16),
+            (0.9, 27),
+            (1.0, 30),
+            (7.0, 30),
         ];
         for (q, want) in cases {
             assert_eq!(h.quantile(q), Some(us(want)), "q {q}");
@@ -228,9 +229,9 @@ mod tests {
         assert_eq!(h.quantile(-1.0), Some(us(1)));
         assert_eq!(
             (h.min(), h.max(), h.count()),
-            (Some(us(1)), Some(us(60)), 60)
+            (Some(us(1)), Some(us(30)), 30)
         );
-        assert_eq!(h.mean(), Some(Duration::from_nanos(30_000)));
+        assert_eq!(h.mean(), Some(Duration::from_nanos(15_000)));
     }
 
     #[test]
@@ -238,23 +239,23 @@ mod tests {
         // (value, bucket, middle of that bucket)
         let cases = [
             (0, 0, 0),
-            (63, 63, 63),
-            (64, 64, 65),
-            (65, 64, 65),
-            (66, 65, 67),
-            (127, 95, 127),
-            (128, 96, 130),
-            (131, 96, 130),
-            (132, 97, 134),
-            (MAX_TRACKED, BUCKETS - 1, MAX_TRACKED + 1 - (1 << 35)),
-            (u64::MAX, BUCKETS - 1, MAX_TRACKED + 1 - (1 << 35)),
+            (31, 31, 31),
+            (32, 32, 33),
+            (33, 32, 33),
+            (34, 33, 35),
+            (63, 47, 63),
+            (64, 48, 66),
+            (67, 48, 66),
+            (68, 49, 70),
+            (MAX_TRACKED, BUCKETS - 1, MAX_TRACKED + 1 - (1 << 30)),
+            (u64::MAX, BUCKETS - 1, MAX_TRACKED + 1 - (1 << 30)),
         ];
         for (v, bucket, middle) in cases {
             assert_eq!(bucket_of(v), bucket, "{v}");
             assert_eq!(bucket_middle(bucket), middle, "{v}");
         }
         // Buckets are contiguous and their middles increase.
-        for v in 64..100_000u64 {
+        for v in 32..100_000u64 {
             let b = bucket_of(v);
             assert!(b == bucket_of(v - 1) || b == bucket_of(v - 1) + 1, "{v}");
         }
@@ -282,7 +283,7 @@ mod tests {
                 let want = samples[rank(q, n as u64) as usize - 1];
                 let got = h.quantile(q).unwrap().as_micros() as u64;
                 assert!(
-                    got.abs_diff(want) * 64 <= want,
+                    got.abs_diff(want) * 32 <= want,
                     "seed {seed} q {q}: got {got} want {want}"
                 );
             }
@@ -324,16 +325,16 @@ mod tests {
     fn merge_and_clear() {
         let mut a = LatencyHistogram::new();
         let mut b = LatencyHistogram::new();
-        for v in 1..=50 {
+        for v in 1..=15 {
             a.record(us(v));
-            b.record(us(v + 50));
+            b.record(us(v + 15));
         }
         a.merge(&b);
-        assert_eq!(a.count(), 100);
-        assert_eq!((a.min(), a.max()), (Some(us(1)), Some(us(100))));
-        assert_eq!(a.quantile(0.5), Some(us(50)));
+        assert_eq!(a.count(), 30);
+        assert_eq!((a.min(), a.max()), (Some(us(1)), Some(us(30))));
+        assert_eq!(a.quantile(0.5), Some(us(15)));
         a.merge(&LatencyHistogram::new());
-        assert_eq!((a.count(), a.min()), (100, Some(us(1))));
+        assert_eq!((a.count(), a.min()), (30, Some(us(1))));
         a.clear();
         assert_eq!((a.count(), a.quantile(0.5)), (0, None));
         a.record(us(7));

@@ -28,8 +28,9 @@ impl RangeSet {
     pub fn new(max_ranges: usize) -> Self {
         let max_ranges = max_ranges.max(1);
         RangeSet {
-            // One spare slot: an insert may create a range before the lowest one is dropped.
-            ranges: Vec::with_capacity(max_ranges.saturating_add(1)),
+            // Grows on demand up to `max_ranges + 1` (an insert may create a range before the
+            // lowest one is dropped) and keeps its capacity: no allocation once grown.
+            ranges: Vec::new(),
             max_ranges,
         }
     }

@@ -10,25 +10,48 @@ use std::time::{Duration, Instant};
 
 use surely::{Config, Connection, Event, Guarantee, SendOptions};
 
-/// Counts allocations made by the current test (tests in this file run one at a time under a
-/// mutex, so the global counter is theirs).
+/// Counts allocations made on threads that asked for it (the measuring test's own thread), so
+/// that the test harness's other threads do not disturb the count.
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    static TRACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn tracked() -> bool {
+    TRACKED.try_with(|t| t.get()).unwrap_or(false)
+}
+
+/// Counts this thread's allocations from now on.
+fn track() {
+    TRACKED.with(|t| t.set(true));
+}
+
 // SAFETY: delegates every call to the system allocator unchanged; the counter is a side effect.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        if tracked() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if tracked() {
+            BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        if tracked() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+            BYTES.fetch_sub(layout.size() as u64, Ordering::Relaxed);
+        }
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -97,6 +120,7 @@ fn allocations(
 #[test]
 fn no_allocation_per_message_in_steady_state() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    track();
     for g in [
         Guarantee::ExactlyOnce,
         Guarantee::AtLeastOnce,
@@ -113,12 +137,58 @@ fn no_allocation_per_message_in_steady_state() {
 #[test]
 fn no_allocation_per_message_on_an_ordered_channel() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    track();
     let opts = SendOptions::new(Guarantee::ExactlyOnce)
         .channel(3)
         .ordered(true);
-    let n = allocations(opts, 200, 50, 300, 200);
+    let n = allocations(opts, 200, 50, 600, 200);
     assert_eq!(
         n, 0,
         "{n} allocations for 10,000 ordered messages in steady state"
     );
+}
+
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes held by one idle connection with default settings, after it exchanged a few
+/// messages (so that its buffers have their working sizes). Two connections are created and
+/// measured together, each sending to the other, and the total is halved.
+#[test]
+fn an_idle_connection_costs_at_most_16_kib() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    track();
+    let config = Arc::new(Config::default());
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 1500];
+    let before = BYTES.load(Ordering::Relaxed);
+    let mut a = Connection::new(config.clone(), 1, 2, t0).unwrap();
+    let mut b = Connection::new(config, 2, 1, t0).unwrap();
+    let mut now = t0;
+    for i in 0..20u8 {
+        a.send(now, &[i; 32], Guarantee::ExactlyOnce).unwrap();
+        b.send(now, &[i; 32], Guarantee::ExactlyOnce).unwrap();
+        for _ in 0..5 {
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                b.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            for c in [&mut a, &mut b] {
+                while let Some(ev) = c.poll_event() {
+                    if let Event::Message(m) = ev {
+                        c.recycle(m.payload);
+                    }
+                }
+            }
+            now += Duration::from_millis(1);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+        }
+    }
+    assert_eq!((a.pending_messages(), b.pending_messages()), (0, 0));
+    let heap = (BYTES.load(Ordering::Relaxed) - before) / 2;
+    let total = heap + std::mem::size_of::<Connection>() as u64;
+    eprintln!("idle connection: {total} bytes ({heap} on the heap)");
+    assert!(total <= 16 * 1024, "{total} bytes per idle connection");
 }

@@ -181,7 +181,7 @@ pub struct Connection {
     /// Where the current round of FORWARD transmissions continues.
     forward_cursor: usize,
     /// Next channel sequence number per ordered channel.
-    chan_seq: Box<[u64; 256]>,
+    chan_seq: Vec<u64>,
 
     // ---- at-most-once messages we send ----
     amo_base: u64,
@@ -285,7 +285,7 @@ impl Connection {
             forward: Vec::new(),
             forward_dirty: false,
             forward_cursor: 0,
-            chan_seq: Box::new([0; 256]),
+            chan_seq: Vec::new(),
             amo_base: first_id,
             amo_out: VecDeque::new(),
             amo_cursor: (first_id, 0),

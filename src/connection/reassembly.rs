@@ -72,7 +72,7 @@ pub(super) struct Reassembly {
 impl Reassembly {
     pub fn new(max_partials: usize) -> Self {
         Reassembly {
-            partials: Vec::with_capacity(max_partials),
+            partials: Vec::new(),
             max_partials,
             bytes: 0,
         }

@@ -86,7 +86,7 @@ impl RecvState {
             reject_dirty: false,
             reject_cursor: 0,
             amo: DedupWindow::new(first, config.amo_window as usize),
-            channels: (0..256).map(|_| None).collect(),
+            channels: Vec::new(),
             reassembly: Reassembly::new(config.max_partial_messages),
             queued_bytes: 0,
             held_bytes: 0,
@@ -108,7 +108,7 @@ impl RecvState {
         ready: &mut Vec<Held>,
         window: u64,
     ) -> Result<(), &'static str> {
-        let ch = self.channels[channel as usize].get_or_insert_with(Box::default);
+        let ch = channel_slot(&mut self.channels, channel);
         if seq >= ch.next().saturating_add(window) {
             return Err("channel sequence number beyond the window");
         }
@@ -121,6 +121,18 @@ impl RecvState {
             Err("channel sequence number used twice")
         }
     }
+}
+
+/// The state of an ordered channel, creating the table (on first use: an idle connection
+/// that never used ordering pays nothing for it) and the channel as needed.
+fn channel_slot(
+    channels: &mut Vec<Option<Box<OrderedChannel>>>,
+    channel: u8,
+) -> &mut OrderedChannel {
+    if channels.is_empty() {
+        channels.resize_with(256, || None);
+    }
+    channels[channel as usize].get_or_insert_with(Box::default)
 }
 
 impl Connection {
@@ -346,7 +358,7 @@ impl Connection {
     }
 
     fn channel_mut(&mut self, channel: u8) -> &mut OrderedChannel {
-        self.rx.channels[channel as usize].get_or_insert_with(Box::default)
+        channel_slot(&mut self.rx.channels, channel)
     }
 
     fn offer_ordered(

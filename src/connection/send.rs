@@ -152,6 +152,10 @@ impl Connection {
                 return Err(SendError::IdsExhausted);
             }
             let chan_seq = opts.ordered.then(|| {
+                if self.chan_seq.is_empty() {
+                    // Created on first use, so connections that never order pay nothing.
+                    self.chan_seq.resize(256, 0);
+                }
                 let s = &mut self.chan_seq[opts.channel as usize];
                 *s += 1;
                 *s - 1
