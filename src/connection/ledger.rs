@@ -90,6 +90,26 @@ impl Ledger {
         self.open_frames += 1;
     }
 
+    /// Uses up one packet number without sending anything (see `Connection::skip_pn`).
+    pub fn skip_pn(&mut self, time: Instant) -> u64 {
+        debug_assert_eq!(self.open_frames, 0);
+        let pn = self.next_pn();
+        self.packets.push_back(SentPacket {
+            time,
+            size: 0,
+            ack_eliciting: false,
+            in_flight: false,
+            settled: true,
+            lost: false,
+            carried: 0,
+            amo_floor: 0,
+            frames_start: self.frames_base + self.frames.len() as u64,
+            frames_len: 0,
+        });
+        self.pop_settled();
+        pn
+    }
+
     /// Records the packet being built, with the frames pushed since the last call.
     pub fn finish_packet(
         &mut self,

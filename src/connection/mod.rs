@@ -206,6 +206,12 @@ pub struct Connection {
     scratch: Vec<std::ops::Range<u64>>,
     frame_scratch: Vec<ledger::SentFrame>,
     probe_scratch: Vec<(u64, ledger::SentPacket)>,
+    /// Packet numbers skipped on purpose (most recent last): an ACK for one of them proves
+    /// the peer acknowledges packets it never received (RFC 9000 section 21.4).
+    skipped_pns: VecDeque<u64>,
+    /// The next packet number to skip.
+    next_skip: u64,
+    rng: crate::rng::Rng,
     /// Set by a frame handler that found the peer breaking the protocol.
     violation: Option<&'static str>,
     held_scratch: Vec<channel::Held>,
@@ -234,6 +240,9 @@ impl fmt::Debug for Connection {
 
 /// Most buffers kept for reuse.
 const POOL_MAX: usize = 256;
+
+/// Skipped packet numbers remembered for optimistic-ACK detection.
+const SKIPPED_KEPT: usize = 16;
 
 impl Connection {
     /// Creates a connection. `local_cid` is the id the peer puts on datagrams for us;
@@ -302,10 +311,14 @@ impl Connection {
             frame_scratch: Vec::new(),
             probe_scratch: Vec::new(),
             violation: None,
+            skipped_pns: VecDeque::new(),
+            next_skip: 0,
+            rng: crate::rng::Rng::new(config.rng_seed ^ local_cid.rotate_left(17)),
             held_scratch: Vec::new(),
             forward_scratch: Vec::new(),
             config,
         };
+        conn.next_skip = conn.config.initial_packet_number + conn.skip_interval();
         conn.timers.set(Timer::Idle, now + conn.config.idle_timeout);
         conn.arm_keepalive();
         Ok(conn)
@@ -635,6 +648,25 @@ impl Connection {
             self.emit_closed();
         }
         DatagramError::ProtocolViolation(why)
+    }
+
+    /// Packets between two deliberately skipped packet numbers: 64 to 255, drawn at random so
+    /// that a peer cannot predict which numbers to leave out of a forged acknowledgement.
+    fn skip_interval(&mut self) -> u64 {
+        64 + self.rng.below(192)
+    }
+
+    /// Skips a packet number when one is due; remembers the last few skipped.
+    fn maybe_skip_pn(&mut self, now: Instant) {
+        if self.ledger.next_pn() != self.next_skip {
+            return;
+        }
+        let pn = self.ledger.skip_pn(now);
+        if self.skipped_pns.len() == SKIPPED_KEPT {
+            self.skipped_pns.pop_front();
+        }
+        self.skipped_pns.push_back(pn);
+        self.next_skip = pn + 1 + self.skip_interval();
     }
 
     /// Three probe timeouts: long enough for a CLOSE and its acknowledgement to cross.

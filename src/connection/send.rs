@@ -413,6 +413,16 @@ impl Connection {
         if ack.largest >= self.ledger.next_pn() {
             return Err(self.protocol_violation(now, "ACK of a packet never sent"));
         }
+        if !self.skipped_pns.is_empty()
+            && ack
+                .ranges()
+                .any(|r| self.skipped_pns.iter().any(|p| r.contains(p)))
+        {
+            return Err(self.protocol_violation(
+                now,
+                "ACK of a skipped packet number (optimistic acknowledgement)",
+            ));
+        }
         let base = self.ledger.base_pn();
         let mut newly = std::mem::take(&mut self.scratch);
         newly.clear();

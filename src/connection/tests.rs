@@ -256,3 +256,49 @@ fn fragment_counts_and_chunks_fit_a_datagram() {
         assert!(wire::HEADER_LEN + MAX_MESSAGE_OVERHEAD + chunk + 4 <= mds);
     }
 }
+
+#[test]
+fn acknowledging_a_skipped_packet_number_closes_the_connection() {
+    let now = t0();
+    let mut c = conn(
+        Config::default().congestion(crate::CongestionControl::None),
+        now,
+    );
+    let mut buf = [0u8; 1500];
+    let mut sent = 0u64;
+    let mut largest = 0;
+    // Enough packets to pass at least one skipped number (one in every 64 to 255).
+    while sent < 400 {
+        c.send(now, &[1u8; 1000], Guarantee::AtMostOnce).unwrap();
+        while let Some(n) = c.poll_transmit(now, &mut buf) {
+            let (h, _) = wire::open(&buf[..n], &Crc32).unwrap();
+            largest = u64::from(h.packet_number);
+            sent += 1;
+        }
+    }
+    assert!(!c.skipped_pns.is_empty());
+    let skipped = c.skipped_pns[0];
+    assert!(skipped < largest);
+    // An honest acknowledgement leaves the skipped number out...
+    let mut fb = vec![0u8; 64];
+    let mut w = wire::Writer::new(&mut fb);
+    wire::emit_ack(
+        &mut w,
+        0,
+        [skipped + 1..skipped + 2, 0..skipped].into_iter(),
+    )
+    .unwrap();
+    let n = w.position();
+    let frames: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
+    c.handle_datagram(now, &datagram(0, &frames)).unwrap();
+    assert_eq!(c.state(), State::Established);
+    // ...an optimistic one covers it.
+    let mut fb = vec![0u8; 64];
+    let mut w = wire::Writer::new(&mut fb);
+    wire::emit_ack(&mut w, 0, std::iter::once(0..largest + 1)).unwrap();
+    let n = w.position();
+    let frames: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
+    let err = c.handle_datagram(now, &datagram(1, &frames)).unwrap_err();
+    assert!(matches!(err, DatagramError::ProtocolViolation(why) if why.contains("skipped")));
+    assert_eq!(c.state(), State::Closing);
+}

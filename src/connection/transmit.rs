@@ -52,6 +52,7 @@ impl Connection {
             return None;
         }
 
+        self.maybe_skip_pn(now);
         let pn = self.ledger.next_pn();
         if pn >= crate::seq::MAX_SEQ {
             // Packet numbers are never reused: a connection that used them all ends.
