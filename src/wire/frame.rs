@@ -435,8 +435,10 @@ impl<'a> ForwardFrame<'a> {
         })
     }
 
+    /// The length `emit` writes: entries re-encoded in their shortest form (the received
+    /// bytes may have used longer varints).
     fn encoded_len(&self) -> usize {
-        1 + varint_len(self.count as u64) + self.raw.len()
+        forward_len(self.count, self.entries())
     }
 
     fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
