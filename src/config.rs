@@ -266,6 +266,9 @@ impl Config {
         if self.initial_rtt.is_zero() {
             return bad("initial_rtt", "must be non-zero");
         }
+        if self.timer_granularity.is_zero() {
+            return bad("timer_granularity", "must be non-zero");
+        }
         if self.ack_eliciting_threshold == 0 {
             return bad("ack_eliciting_threshold", "must be at least 1");
         }

@@ -126,10 +126,10 @@ fn no_allocation_per_message_in_steady_state() {
         Guarantee::AtLeastOnce,
         Guarantee::AtMostOnce,
     ] {
-        let n = allocations(SendOptions::new(g), 64, 100, 300, 200);
+        let n = allocations(SendOptions::new(g), 64, 100, 2_000, 500);
         assert_eq!(
             n, 0,
-            "{g}: {n} allocations for 20,000 messages in steady state"
+            "{g}: {n} allocations for 50,000 messages in steady state"
         );
     }
 }
@@ -141,10 +141,10 @@ fn no_allocation_per_message_on_an_ordered_channel() {
     let opts = SendOptions::new(Guarantee::ExactlyOnce)
         .channel(3)
         .ordered(true);
-    let n = allocations(opts, 200, 50, 600, 200);
+    let n = allocations(opts, 200, 50, 2_000, 500);
     assert_eq!(
         n, 0,
-        "{n} allocations for 10,000 ordered messages in steady state"
+        "{n} allocations for 25,000 ordered messages in steady state"
     );
 }
 

@@ -18,6 +18,11 @@ pub(super) enum Held {
     Skip,
 }
 
+/// What one held entry (a message or a skip) counts against the receive buffer besides its
+/// payload, so that a peer cannot make the receiver hold unbounded bookkeeping with skips or
+/// empty messages.
+pub(super) const ENTRY_COST: usize = 64;
+
 /// One ordered channel.
 #[derive(Debug, Default)]
 pub(super) struct OrderedChannel {
@@ -27,7 +32,7 @@ pub(super) struct OrderedChannel {
 }
 
 impl OrderedChannel {
-    /// Bytes of payload waiting for their turn.
+    /// Bytes held back: payloads plus [`ENTRY_COST`] per entry.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
     }
@@ -50,9 +55,7 @@ impl OrderedChannel {
             return false;
         }
         if seq > self.next {
-            if let Held::Message { payload, .. } = &item {
-                self.held_bytes += payload.len();
-            }
+            self.held_bytes += cost(&item);
             self.held.insert(seq, item);
             return true;
         }
@@ -66,13 +69,22 @@ impl OrderedChannel {
             }
             let item = entry.remove();
             self.next += 1;
-            if let Held::Message { payload, .. } = &item {
-                self.held_bytes -= payload.len();
+            self.held_bytes -= cost(&item);
+            if matches!(item, Held::Message { .. }) {
                 deliver(item);
             }
         }
         true
     }
+}
+
+/// Receive-buffer bytes an entry accounts for while held.
+pub(super) fn cost(item: &Held) -> usize {
+    ENTRY_COST
+        + match item {
+            Held::Message { payload, .. } => payload.len(),
+            Held::Skip => 0,
+        }
 }
 
 #[cfg(test)]
@@ -103,7 +115,7 @@ mod tests {
         assert!(ch.offer(2, msg(12), |h| out.push(h)));
         assert!(ch.offer(1, Held::Skip, |h| out.push(h)));
         assert!(out.is_empty());
-        assert_eq!(ch.held_bytes(), 3);
+        assert_eq!(ch.held_bytes(), 2 * ENTRY_COST + 3);
         assert!(ch.offer(0, msg(10), |h| out.push(h)));
         assert_eq!(ids(&out), vec![10, 12]);
         assert_eq!(ch.held_bytes(), 0);

@@ -42,6 +42,8 @@ pub(super) struct SentPacket {
     pub carried: u8,
     /// The AMO_FLOOR value carried, if `carried & AMO_FLOOR`.
     pub amo_floor: u64,
+    /// One past the largest packet number the ACK frame in this packet reported (0: none).
+    pub ack_upto: u64,
     frames_start: u64,
     frames_len: u32,
 }
@@ -103,6 +105,7 @@ impl Ledger {
             lost: false,
             carried: 0,
             amo_floor: 0,
+            ack_upto: 0,
             frames_start: self.frames_base + self.frames.len() as u64,
             frames_len: 0,
         });
@@ -118,6 +121,7 @@ impl Ledger {
         ack_eliciting: bool,
         carried: u8,
         amo_floor: u64,
+        ack_upto: u64,
     ) -> u64 {
         let pn = self.next_pn();
         let frames_start =
@@ -131,6 +135,7 @@ impl Ledger {
             lost: false,
             carried,
             amo_floor,
+            ack_upto,
             frames_start,
             frames_len: self.open_frames,
         };
@@ -231,9 +236,9 @@ mod tests {
         let mut l = Ledger::new(10);
         l.push_frame(SentFrame::Reliable { id: 1, frag: 0 });
         l.push_frame(SentFrame::Amo { id: 7, frag: 0 });
-        assert_eq!(l.finish_packet(now, 100, true, 0, 0), 10);
+        assert_eq!(l.finish_packet(now, 100, true, 0, 0, 0), 10);
         l.push_frame(SentFrame::Reliable { id: 2, frag: 3 });
-        assert_eq!(l.finish_packet(now, 50, true, carried::MSG_ACK, 0), 11);
+        assert_eq!(l.finish_packet(now, 50, true, carried::MSG_ACK, 0, 0), 11);
         assert_eq!(l.bytes_in_flight, 150);
         let p11 = *l.get(11).unwrap();
         assert_eq!(
@@ -259,7 +264,7 @@ mod tests {
     fn ack_only_packets_are_settled_at_once() {
         let now = t0();
         let mut l = Ledger::new(0);
-        l.finish_packet(now, 30, false, 0, 0);
+        l.finish_packet(now, 30, false, 0, 0, 0);
         assert!(l.is_empty());
         assert_eq!(l.next_pn(), 1);
         assert_eq!(l.bytes_in_flight, 0);
@@ -270,7 +275,7 @@ mod tests {
         let now = t0();
         let mut l = Ledger::new(0);
         for _ in 0..5 {
-            l.finish_packet(now, 10, true, 0, 0);
+            l.finish_packet(now, 10, true, 0, 0, 0);
         }
         l.settle(1, false);
         l.settle(3, false);

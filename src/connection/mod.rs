@@ -311,7 +311,7 @@ impl Connection {
             frame_scratch: Vec::new(),
             probe_scratch: Vec::new(),
             violation: None,
-            skipped_pns: VecDeque::new(),
+            skipped_pns: VecDeque::with_capacity(SKIPPED_KEPT),
             next_skip: 0,
             rng: crate::rng::Rng::new(config.rng_seed ^ local_cid.rotate_left(17)),
             held_scratch: Vec::new(),
@@ -364,6 +364,12 @@ impl Connection {
     /// Messages accepted by `send` that have no outcome yet.
     pub fn pending_messages(&self) -> usize {
         self.pending_messages
+    }
+
+    /// Messages given up whose skipping the peer has not confirmed yet (they count against
+    /// `max_pending_messages` too).
+    pub fn unconfirmed_abandoned(&self) -> usize {
+        self.forward.len()
     }
 
     /// Payload bytes of those messages.

@@ -30,6 +30,9 @@ use crate::wire::{self, Frame, MessageFrame};
 
 /// Packet-number ranges remembered for acknowledgements and duplicate detection.
 const RECEIVED_RANGES: usize = 256;
+/// Packet numbers kept for duplicate detection below what the peer knows we received; older
+/// packets are dropped as stale.
+pub(super) const RECEIVED_HISTORY: u64 = 4096;
 
 #[derive(Debug)]
 pub(super) struct RecvState {
@@ -38,6 +41,10 @@ pub(super) struct RecvState {
     pub largest: Option<(u64, Instant)>,
     /// Packets older than this are no longer tracked and are dropped.
     pub pn_floor: u64,
+    /// The peer has received an ACK frame reporting every packet below this: later ACK frames
+    /// report only what lies above (so permanent gaps, from losses and skipped numbers, stop
+    /// costing bytes in every acknowledgement).
+    pub ack_floor: u64,
     /// Received packets not yet acknowledged.
     pub ack_pending: bool,
     /// An acknowledgement should go out now.
@@ -75,6 +82,7 @@ impl RecvState {
             received: RangeSet::new(RECEIVED_RANGES),
             largest: None,
             pn_floor: config.initial_packet_number,
+            ack_floor: config.initial_packet_number,
             ack_pending: false,
             ack_due: false,
             eliciting_since_ack: 0,
@@ -100,6 +108,9 @@ impl RecvState {
     /// Offers `seq` to an ordered channel, keeping the held-bytes total in step; returns the
     /// messages now in order through `ready`. A position more than a window ahead, or one
     /// already held, can only come from a broken or hostile peer.
+    ///
+    /// Returns `Ok(false)` when holding the item would pass `limit` bytes of receive buffer:
+    /// nothing changed, and the caller must not acknowledge the packet.
     pub fn offer(
         &mut self,
         channel: u8,
@@ -107,16 +118,21 @@ impl RecvState {
         item: Held,
         ready: &mut Vec<Held>,
         window: u64,
-    ) -> Result<(), &'static str> {
+        limit: usize,
+    ) -> Result<bool, &'static str> {
+        let buffered = self.buffered_bytes();
         let ch = channel_slot(&mut self.channels, channel);
         if seq >= ch.next().saturating_add(window) {
             return Err("channel sequence number beyond the window");
+        }
+        if seq > ch.next() && buffered + super::channel::cost(&item) > limit {
+            return Ok(false);
         }
         let before = ch.held_bytes();
         let fresh = ch.offer(seq, item, |h| ready.push(h));
         self.held_bytes = self.held_bytes + ch.held_bytes() - before;
         if fresh || ch.is_past(seq) {
-            Ok(())
+            Ok(true)
         } else {
             Err("channel sequence number used twice")
         }
@@ -220,6 +236,8 @@ impl Connection {
         if accepted {
             self.stats.packets_received += 1;
             self.rx.received.insert_one(pn);
+            // A late packet below what the peer already heard of must still be reported.
+            self.rx.ack_floor = self.rx.ack_floor.min(pn);
             if let Some(min) = self.rx.received.min() {
                 self.rx.pn_floor = self.rx.pn_floor.max(min);
             }
@@ -347,14 +365,19 @@ impl Connection {
             return true;
         }
         let _ = self.rx.seen.insert(id);
-        if let Some(pos) = self.rx.rejects.iter().position(|&r| r == id) {
-            self.rx.rejects.swap_remove(pos);
-        }
-        match m.chan_seq {
-            None => self.hand_over(id, m.channel, m.guarantee, false, payload, true),
+        let accepted = match m.chan_seq {
+            None => {
+                self.hand_over(id, m.channel, m.guarantee, false, payload, true);
+                true
+            }
             Some(seq) => self.offer_ordered(id, m.channel, seq, m.guarantee, payload),
+        };
+        if accepted {
+            if let Some(pos) = self.rx.rejects.iter().position(|&r| r == id) {
+                self.rx.rejects.swap_remove(pos);
+            }
         }
-        true
+        accepted
     }
 
     fn channel_mut(&mut self, channel: u8) -> &mut OrderedChannel {
@@ -368,11 +391,11 @@ impl Connection {
         seq: u64,
         guarantee: Guarantee,
         payload: Vec<u8>,
-    ) {
+    ) -> bool {
         if self.channel_mut(channel).is_past(seq) {
             // Delivered before and rejected by the application: deliver the new copy now.
             self.hand_over(id, channel, guarantee, true, payload, true);
-            return;
+            return true;
         }
         let mut ready = std::mem::take(&mut self.held_scratch);
         let item = Held::Message {
@@ -380,13 +403,24 @@ impl Connection {
             guarantee,
             payload,
         };
-        if let Err(why) = self
-            .rx
-            .offer(channel, seq, item, &mut ready, self.config.window)
-        {
-            self.rx.seen.remove(id);
-            self.violation = Some(why);
-        }
+        let limit = self.config.recv_buffer_bytes;
+        let accepted =
+            match self
+                .rx
+                .offer(channel, seq, item, &mut ready, self.config.window, limit)
+            {
+                Ok(true) => true,
+                Ok(false) => {
+                    // No room to hold it back: not received after all.
+                    self.rx.seen.remove(id);
+                    false
+                }
+                Err(why) => {
+                    self.rx.seen.remove(id);
+                    self.violation = Some(why);
+                    true
+                }
+            };
         for h in ready.drain(..) {
             if let Held::Message {
                 id,
@@ -398,6 +432,7 @@ impl Connection {
             }
         }
         self.held_scratch = ready;
+        accepted
     }
 
     /// Queues a message for the application. `completes`: this is the reliable message's
@@ -578,13 +613,26 @@ impl Connection {
         }
         if let Some((channel, seq)) = e.ordered {
             let mut ready = std::mem::take(&mut self.held_scratch);
-            if let Err(why) =
-                self.rx
-                    .offer(channel, seq, Held::Skip, &mut ready, self.config.window)
-            {
-                self.violation = Some(why);
-                self.held_scratch = ready;
-                return false;
+            let offered = self.rx.offer(
+                channel,
+                seq,
+                Held::Skip,
+                &mut ready,
+                self.config.window,
+                self.config.recv_buffer_bytes,
+            );
+            match offered {
+                Ok(true) => {}
+                Ok(false) => {
+                    // No room to remember the skip: not taken; the sender will say it again.
+                    self.held_scratch = ready;
+                    return false;
+                }
+                Err(why) => {
+                    self.violation = Some(why);
+                    self.held_scratch = ready;
+                    return false;
+                }
             }
             for h in ready.drain(..) {
                 if let Held::Message {

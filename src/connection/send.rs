@@ -132,7 +132,9 @@ impl Connection {
         if opts.ordered && !opts.guarantee.is_reliable() {
             return Err(SendError::OrderedAtMostOnce);
         }
-        if self.pending_messages >= self.config.max_pending_messages
+        // Abandoned messages the peer has not yet confirmed skipping still take a slot, so a
+        // peer that never acknowledges cannot make the FORWARD list grow without bound.
+        if self.pending_messages + self.forward.len() >= self.config.max_pending_messages
             || self.pending_bytes + payload.len() > self.config.send_buffer_bytes
         {
             return Err(SendError::Backpressure);
@@ -410,7 +412,9 @@ impl Connection {
         now: Instant,
         ack: &AckFrame<'_>,
     ) -> Result<(), DatagramError> {
-        if ack.largest >= self.ledger.next_pn() {
+        if ack.largest >= self.ledger.next_pn()
+            || ack.smallest() < self.config.initial_packet_number
+        {
             return Err(self.protocol_violation(now, "ACK of a packet never sent"));
         }
         if !self.skipped_pns.is_empty()
@@ -517,6 +521,14 @@ impl Connection {
         self.frame_scratch = frames;
         if pkt.carried & carried::AMO_FLOOR != 0 {
             self.amo_floor_acked = self.amo_floor_acked.max(pkt.amo_floor);
+        }
+        if pkt.ack_upto > self.rx.ack_floor {
+            // The peer heard of every packet we received below `ack_upto`. Keep the ranges a
+            // while longer for duplicate detection, then let them go.
+            self.rx.ack_floor = pkt.ack_upto;
+            let keep_from = pkt.ack_upto.saturating_sub(super::recv::RECEIVED_HISTORY);
+            self.rx.received.remove_below(keep_from);
+            self.rx.pn_floor = self.rx.pn_floor.max(keep_from);
         }
         if pkt.carried & carried::CLOSE != 0 {
             self.close_acked = true;

@@ -144,23 +144,32 @@ fn ack_of_a_packet_never_sent_closes_the_connection() {
 }
 
 #[test]
-fn ack_with_a_huge_range_costs_nothing_extra() {
-    // Ranges are clamped to what is tracked: a range of 2^40 packet numbers below a valid
-    // largest costs as much as a range of one.
+fn ack_with_a_huge_range_is_cheap_and_below_the_first_packet_a_violation() {
+    // A range of 2^40 packet numbers is clamped to what is tracked, so it costs as much as a
+    // range of one; reaching below the first packet number ever used, it is a lie.
     let now = t0();
     let config = Config::default().initial_packet_number(1 << 40);
     let mut c = conn(config, now);
     c.send(now, b"x", Guarantee::ExactlyOnce).unwrap();
     let mut buf = [0u8; 1500];
     c.poll_transmit(now, &mut buf).unwrap();
-    let mut fb = vec![0u8; 64];
-    let mut w = wire::Writer::new(&mut fb);
-    wire::emit_ack(&mut w, 0, std::iter::once(0..(1 << 40) + 1)).unwrap();
-    let n = w.position();
-    let parsed: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
+    let ack = |range: std::ops::Range<u64>| {
+        let mut fb = vec![0u8; 64];
+        let mut w = wire::Writer::new(&mut fb);
+        wire::emit_ack(&mut w, 0, std::iter::once(range)).unwrap();
+        let n = w.position();
+        fb.truncate(n);
+        fb
+    };
     let later = now + Duration::from_millis(5);
-    c.handle_datagram(later, &datagram(0, &parsed)).unwrap();
+    let honest = ack(1 << 40..(1 << 40) + 1);
+    let frames: Vec<_> = wire::frames(&honest).map(|f| f.unwrap()).collect();
+    c.handle_datagram(later, &datagram(0, &frames)).unwrap();
     assert_eq!(c.stats().rtt, Duration::from_millis(5));
+    let lie = ack(0..(1 << 40) + 1);
+    let frames: Vec<_> = wire::frames(&lie).map(|f| f.unwrap()).collect();
+    let err = c.handle_datagram(later, &datagram(1, &frames)).unwrap_err();
+    assert!(matches!(err, DatagramError::ProtocolViolation(_)));
 }
 
 #[test]

@@ -74,8 +74,9 @@ impl Connection {
         let mut floor_sent = 0;
 
         // Acknowledgements ride on every packet when something is unacknowledged.
+        let mut ack_upto = 0;
         if self.rx.ack_pending {
-            self.write_ack(now, &mut w);
+            ack_upto = self.write_ack(now, &mut w);
         }
         if self.state != State::Draining
             && (self.rx.msg_ack_dirty || (self.state == State::Closing && self.close_pending))
@@ -141,8 +142,14 @@ impl Connection {
             self.probes_pending = self.probes_pending.saturating_sub(1);
             self.cc.on_packet_sent(now, total as u64);
         }
-        self.ledger
-            .finish_packet(now, total as u32, eliciting, carried_flags, floor_sent);
+        self.ledger.finish_packet(
+            now,
+            total as u32,
+            eliciting,
+            carried_flags,
+            floor_sent,
+            ack_upto,
+        );
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += total as u64;
         self.last_sent = now;
@@ -237,23 +244,36 @@ impl Connection {
         }
     }
 
-    fn write_ack(&mut self, now: Instant, w: &mut Writer<'_>) {
+    /// Writes an ACK frame of the packets received above what the peer is known to have
+    /// heard of already; returns one past the largest packet number reported (0: none).
+    fn write_ack(&mut self, now: Instant, w: &mut Writer<'_>) -> u64 {
         let delay_us = self.rx.largest.map_or(0, |(_, t)| {
             now.saturating_duration_since(t).as_micros() as u64
         });
+        let floor = self.rx.ack_floor;
+        let upto = self.rx.received.max().map_or(0, |m| m + 1);
         let mut n = wire::MAX_ACK_RANGES;
         while n > 0 {
-            let ranges = self.rx.received.iter().rev().take(n);
+            let ranges = self
+                .rx
+                .received
+                .iter()
+                .rev()
+                .take_while(move |r| r.end > floor)
+                .map(move |r| r.start.max(floor)..r.end)
+                .take(n);
             if wire::ack_frame_len(delay_us, ranges.clone()) <= w.remaining() {
                 if wire::emit_ack(w, delay_us, ranges).is_ok() {
                     self.rx.ack_pending = false;
                     self.rx.eliciting_since_ack = 0;
                     self.timers.stop(crate::timer::Timer::Ack);
+                    return upto;
                 }
-                return;
+                return 0;
             }
             n /= 2;
         }
+        0
     }
 
     fn write_msg_ack(&mut self, w: &mut Writer<'_>) -> bool {

@@ -572,6 +572,11 @@ impl Endpoint {
                 if o.conn.is_closed() {
                     let reason = o.close_reason.take().unwrap_or(CloseReason::Local);
                     self.ev.pop_front();
+                    // Off the event list: a connection that reuses the slot must be able to
+                    // join it again.
+                    if let Some(slot) = self.slots.get_mut(idx as usize) {
+                        slot.in_ev = false;
+                    }
                     self.free_slot(idx);
                     self.stats.connections_closed += 1;
                     return Some(EndpointEvent::ConnectionClosed { handle, reason });
