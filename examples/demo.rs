@@ -13,7 +13,7 @@
 //! ```text
 //! cargo run --release --example demo -- [--messages N] [--size BYTES] [--loss P]
 //!     [--duplicate P] [--reorder P] [--delay-ms MS] [--rate MSGS_PER_S] [--seed S]
-//!     [--sim] [--json]
+//!     [--congestion new-reno|loss-tolerant|none] [--sim] [--json]
 //! ```
 // Examples run on the real clock; only the protocol core is kept off it.
 #![allow(clippy::disallowed_methods)]
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use surely::sim::{LinkConfig, Pair};
-use surely::{Config, Event, Guarantee, SendError};
+use surely::{Config, CongestionControl, Event, Guarantee, SendError};
 
 struct Args {
     messages: u64,
@@ -34,6 +34,7 @@ struct Args {
     reorder: f64,
     delay_ms: u64,
     rate: u64,
+    congestion: CongestionControl,
     seed: u64,
     sim: bool,
     json: bool,
@@ -48,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         reorder: 0.05,
         delay_ms: 5,
         rate: 2_000,
+        congestion: CongestionControl::NewReno,
         seed: 1,
         sim: false,
         json: false,
@@ -63,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
             "--reorder" => a.reorder = prob(&value("--reorder")?)?,
             "--delay-ms" => a.delay_ms = num(&value("--delay-ms")?)?,
             "--rate" => a.rate = num(&value("--rate")?)?,
+            "--congestion" => a.congestion = value("--congestion")?.parse()?,
             "--seed" => a.seed = num(&value("--seed")?)?,
             "--sim" => a.sim = true,
             "--json" => a.json = true,
@@ -70,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
                 println!(
                     "usage: demo [--messages N] [--size BYTES] [--loss P] [--duplicate P] \
                      [--reorder P] [--delay-ms MS] [--rate MSGS_PER_S (0 = unpaced)] \
+                     [--congestion new-reno|loss-tolerant|none] \
                      [--seed S] [--sim] [--json]"
                 );
                 std::process::exit(0);
@@ -97,8 +101,10 @@ fn prob(s: &str) -> Result<f64, String> {
 }
 
 fn link(args: &Args) -> LinkConfig {
+    // Jitter keeps datagrams in order (as most real paths do); --reorder adds reordering.
     LinkConfig::perfect(Duration::from_millis(args.delay_ms))
         .jitter(Duration::from_micros(args.delay_ms * 100))
+        .fifo(true)
         .loss(args.loss)
         .duplicate(args.duplicate)
         .reorder(args.reorder, Duration::from_millis(args.delay_ms * 2 + 1))
@@ -133,7 +139,11 @@ struct Row {
 fn run_sim(g: Guarantee, args: &Args) -> Row {
     // (origin of virtual time; only offsets matter)
     let t0 = Instant::now();
-    let config = Arc::new(Config::default().rng_seed(args.seed));
+    let config = Arc::new(
+        Config::default()
+            .rng_seed(args.seed)
+            .congestion(args.congestion),
+    );
     let mut pair =
         Pair::new(config.clone(), config, args.seed, t0).expect("default config is valid");
     pair.net.set_links(0, 1, link(args));
@@ -379,8 +389,10 @@ mod udp {
         });
 
         // The sender: paced at --rate messages per second (0 = as fast as allowed).
-        let mut sender = Driver::bind(loopback, EndpointConfig::default(), &opts)
-            .map_err(|e| format!("sender: {e}"))?;
+        let transport = surely::Config::default().congestion(args.congestion);
+        let config = EndpointConfig::default().transport(transport);
+        let mut sender =
+            Driver::bind(loopback, config, &opts).map_err(|e| format!("sender: {e}"))?;
         let handle = sender
             .connect(relay.local_addr())
             .map_err(|e| format!("connect: {e}"))?;

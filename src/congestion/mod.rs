@@ -5,9 +5,11 @@
 //! flight are counted by the connection, not here. Every method takes `now`, so controllers
 //! never read the clock (RFC 9002 section 7).
 
+mod loss_tolerant;
 mod new_reno;
 mod none;
 
+pub use loss_tolerant::LossTolerant;
 pub use new_reno::NewReno;
 pub use none::NoCongestionControl;
 
@@ -40,9 +42,26 @@ pub enum CongestionControl {
     /// NewReno as in RFC 9002 section 7: the safe choice on shared networks.
     #[default]
     NewReno,
+    /// NewReno growth, but losses that look random (steady RTT, loss rate under 15%) do not
+    /// shrink the window: for paths with random loss, such as wireless links.
+    LossTolerant,
     /// No congestion control: the window is unlimited. Only for latency-first users on
     /// provisioned links, where the application bounds its own rate.
     None,
+}
+
+impl std::str::FromStr for CongestionControl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "new-reno" => Ok(CongestionControl::NewReno),
+            "loss-tolerant" => Ok(CongestionControl::LossTolerant),
+            "none" => Ok(CongestionControl::None),
+            other => Err(format!(
+                "unknown congestion controller {other:?} (expected new-reno, loss-tolerant or none)"
+            )),
+        }
+    }
 }
 
 impl CongestionControl {
@@ -50,6 +69,7 @@ impl CongestionControl {
     pub fn build(self, max_datagram: u64) -> Box<dyn Controller> {
         match self {
             CongestionControl::NewReno => Box::new(NewReno::new(max_datagram)),
+            CongestionControl::LossTolerant => Box::new(LossTolerant::new(max_datagram)),
             CongestionControl::None => Box::new(NoCongestionControl),
         }
     }
@@ -63,6 +83,7 @@ mod tests {
     fn build_picks_the_controller() {
         let cases = [
             (CongestionControl::NewReno, "new_reno", 12_000),
+            (CongestionControl::LossTolerant, "loss_tolerant", 12_000),
             (CongestionControl::None, "none", u64::MAX),
         ];
         for (kind, name, window) in cases {

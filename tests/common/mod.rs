@@ -282,8 +282,10 @@ pub fn config_for(seed: u64) -> Config {
     if r.chance(0.2) {
         c = c.window(256).amo_window(64);
     }
-    if r.chance(0.1) {
-        c = c.congestion(surely::CongestionControl::None);
+    match r.below(10) {
+        0 => c = c.congestion(surely::CongestionControl::None),
+        1 | 2 => c = c.congestion(surely::CongestionControl::LossTolerant),
+        _ => {}
     }
     // Start some runs just below the wrap points of the wire encodings and of the id space.
     let high = (1u64 << 62) - (1 << 32) - 1000;
