@@ -192,3 +192,105 @@ fn an_idle_connection_costs_at_most_16_kib() {
     eprintln!("idle connection: {total} bytes ({heap} on the heap)");
     assert!(total <= 16 * 1024, "{total} bytes per idle connection");
 }
+
+/// A datagram to connection 2 with the given frames, sealed with the CRC.
+fn to_b(pn: u32, frames: &[surely::wire::Frame<'_>]) -> Vec<u8> {
+    let mut buf = vec![0u8; 65_536];
+    let header = surely::wire::Header {
+        packet_type: surely::wire::PacketType::Data,
+        conn_id: 2,
+        packet_number: pn,
+    };
+    let n = surely::wire::encode_datagram(&mut buf, &header, frames, &surely::wire::Crc32)
+        .expect("valid frames");
+    buf.truncate(n);
+    buf
+}
+
+/// Under attack (first fragments of many large messages, ordered messages and FORWARD skips
+/// far ahead of their channel, at-most-once ids all over the window), the heap a connection
+/// holds stays within its receive buffer limit plus a fixed overhead.
+#[test]
+fn a_connection_under_attack_stays_within_its_caps() {
+    use surely::wire::{ForwardEntry, Fragment, Frame, MessageFrame};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    track();
+    let limit = 1 << 20;
+    let config = Arc::new(
+        Config::default()
+            .recv_buffer_bytes(limit)
+            .max_message_size(256 << 10)
+            .max_partial_messages(16),
+    );
+    let now = Instant::now();
+    let before = BYTES.load(Ordering::Relaxed);
+    let mut c = Connection::new(config.clone(), 2, 1, now).unwrap();
+    let chunk = vec![0xabu8; 1000];
+    let mut pn = 0u32;
+    let mut next_pn = || {
+        pn += 1;
+        pn
+    };
+    for round in 0..3u64 {
+        // First fragments of messages that never complete.
+        for id in 0..2_000u64 {
+            let f = Frame::Message(MessageFrame {
+                guarantee: if id % 2 == 0 {
+                    Guarantee::ExactlyOnce
+                } else {
+                    Guarantee::AtMostOnce
+                },
+                channel: 0,
+                id: round * 2_000 + id,
+                chan_seq: None,
+                fragment: Some(Fragment {
+                    total_len: 200_000,
+                    count: 200,
+                    index: 0,
+                }),
+                payload: &chunk,
+            });
+            let _ = c.handle_datagram(now, &to_b(next_pn(), &[f]));
+        }
+        // Ordered messages and skips held back behind a position that never arrives.
+        for k in 1..3_000u64 {
+            let id = 10_000 + round * 3_000 + k;
+            let frame = if k % 2 == 0 {
+                Frame::Message(MessageFrame {
+                    guarantee: Guarantee::ExactlyOnce,
+                    channel: (k % 200) as u8,
+                    id: id % 4_000,
+                    chan_seq: Some(k),
+                    fragment: None,
+                    payload: &chunk[..500],
+                })
+            } else {
+                let entries = [ForwardEntry {
+                    id: id % 4_000,
+                    ordered: Some(((k % 200) as u8, k)),
+                }];
+                let mut fb = vec![0u8; 64];
+                let mut w = surely::wire::Writer::new(&mut fb);
+                surely::wire::emit_forward(&mut w, &entries).unwrap();
+                let n = w.position();
+                let d = {
+                    let fr: Vec<_> = surely::wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
+                    to_b(next_pn(), &fr)
+                };
+                let _ = c.handle_datagram(now, &d);
+                continue;
+            };
+            let _ = c.handle_datagram(now, &to_b(next_pn(), &[frame]));
+        }
+        assert!(c.receive_buffered_bytes() <= limit);
+    }
+    let held = BYTES.load(Ordering::Relaxed) - before;
+    eprintln!(
+        "under attack: {held} bytes held, {} counted as buffered, limit {limit}",
+        c.receive_buffered_bytes()
+    );
+    // The receive buffer limit, plus bookkeeping that does not grow with the attack
+    // (windows, range sets, tables) and allocator slack on the held buffers.
+    assert!(held <= limit as u64 + 256 * 1024, "{held} bytes held");
+    drop(c);
+}
