@@ -421,6 +421,13 @@ impl Connection {
                     true
                 }
             };
+        self.hand_over_in_order(channel, ready);
+        accepted
+    }
+
+    /// Hands over the messages an ordered channel released, in order, and returns the scratch
+    /// vector for reuse.
+    fn hand_over_in_order(&mut self, channel: u8, mut ready: Vec<Held>) {
         for h in ready.drain(..) {
             if let Held::Message {
                 id,
@@ -432,7 +439,6 @@ impl Connection {
             }
         }
         self.held_scratch = ready;
-        accepted
     }
 
     /// Queues a message for the application. `completes`: this is the reliable message's
@@ -634,17 +640,7 @@ impl Connection {
                     return false;
                 }
             }
-            for h in ready.drain(..) {
-                if let Held::Message {
-                    id,
-                    guarantee,
-                    payload,
-                } = h
-                {
-                    self.hand_over(id, channel, guarantee, true, payload, true);
-                }
-            }
-            self.held_scratch = ready;
+            self.hand_over_in_order(channel, ready);
         }
         self.mark_complete(e.id);
         self.schedule_ack(now, false);

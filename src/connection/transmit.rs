@@ -186,66 +186,19 @@ impl Connection {
 
     /// The next never-sent reliable fragment within the peer's credit.
     fn next_reliable(&mut self) -> Option<(u64, u32)> {
-        let (mut id, mut frag) = self.cursor;
-        if id < self.out_base {
-            (id, frag) = (self.out_base, 0);
-        }
-        loop {
-            let idx = (id - self.out_base) as usize;
-            match self.outbox.get(idx) {
-                None => {
-                    self.cursor = (id, 0);
-                    return None;
-                }
-                Some(None) => {
-                    id += 1;
-                    frag = 0;
-                }
-                Some(Some(m)) => {
-                    if frag >= m.count {
-                        id += 1;
-                        frag = 0;
-                        continue;
-                    }
-                    self.cursor = (id, frag);
-                    return (id < self.peer_limit).then_some((id, frag));
-                }
-            }
-        }
+        next_unsent(&mut self.cursor, self.out_base, &self.outbox, |m| m.count)
+            .filter(|&(id, _)| id < self.peer_limit)
     }
 
     /// The next never-sent at-most-once fragment within the dedup window.
     fn next_amo(&mut self) -> Option<(u64, u32)> {
-        let (mut id, mut frag) = self.amo_cursor;
-        if id < self.amo_base {
-            (id, frag) = (self.amo_base, 0);
-        }
-        loop {
-            let idx = (id - self.amo_base) as usize;
-            match self.amo_out.get(idx) {
-                None => {
-                    self.amo_cursor = (id, 0);
-                    return None;
-                }
-                Some(None) => {
-                    id += 1;
-                    frag = 0;
-                }
-                Some(Some(m)) => {
-                    if frag >= m.count {
-                        id += 1;
-                        frag = 0;
-                        continue;
-                    }
-                    self.amo_cursor = (id, frag);
-                    return (id < self.amo_base + self.config.amo_window).then_some((id, frag));
-                }
-            }
-        }
+        let end = self.amo_base + self.config.amo_window;
+        next_unsent(&mut self.amo_cursor, self.amo_base, &self.amo_out, |m| {
+            m.count
+        })
+        .filter(|&(id, _)| id < end)
     }
 
-    /// Writes an ACK frame of the packets received above what the peer is known to have
-    /// heard of already; returns one past the largest packet number reported (0: none).
     fn write_ack(&mut self, now: Instant, w: &mut Writer<'_>) -> u64 {
         let delay_us = self.rx.largest.map_or(0, |(_, t)| {
             now.saturating_duration_since(t).as_micros() as u64
@@ -469,6 +422,37 @@ impl Connection {
     fn amo_peek(&self, id: u64) -> Option<&super::send::AmoOut> {
         let idx = id.checked_sub(self.amo_base)? as usize;
         self.amo_out.get(idx)?.as_ref()
+    }
+}
+
+/// Moves a send cursor (id, fragment) to the next never-sent fragment in a queue of messages
+/// that starts at id `base`, skipping messages that already have an outcome (`None`).
+/// Returns it, or `None` (cursor at the end) when every fragment was sent.
+fn next_unsent<T>(
+    cursor: &mut (u64, u32),
+    base: u64,
+    queue: &std::collections::VecDeque<Option<T>>,
+    count: impl Fn(&T) -> u32,
+) -> Option<(u64, u32)> {
+    let (mut id, mut frag) = *cursor;
+    if id < base {
+        (id, frag) = (base, 0);
+    }
+    loop {
+        match queue.get((id - base) as usize) {
+            None => {
+                *cursor = (id, 0);
+                return None;
+            }
+            Some(Some(m)) if frag < count(m) => {
+                *cursor = (id, frag);
+                return Some((id, frag));
+            }
+            Some(_) => {
+                id += 1;
+                frag = 0;
+            }
+        }
     }
 }
 
