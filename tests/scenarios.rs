@@ -515,7 +515,12 @@ fn every_packet_duplicated() {
 #[test]
 fn every_packet_duplicated_without_loss() {
     let mut h = Harness::with(Config::default().rng_seed(19), 19);
-    h.links(LinkConfig::perfect(ms(10)).duplicate(1.0).jitter(ms(5)));
+    h.links(
+        LinkConfig::perfect(ms(10))
+            .duplicate(1.0)
+            .jitter(ms(5))
+            .fifo(true),
+    );
     let keys = h.send_mix(60, 190, true);
     let t = h.now();
     assert!(

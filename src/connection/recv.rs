@@ -196,11 +196,13 @@ impl Connection {
 
         let mut accepted = true;
         let mut eliciting = false;
+        let mut urgent = false;
         let mut close: Option<(u64, String)> = None;
         for frame in wire::frames(payload) {
             // Validated above: an error here cannot happen, but is handled as malformed.
             let frame = frame?;
             eliciting |= frame.is_ack_eliciting();
+            urgent |= frame.is_ack_eliciting() && !matches!(frame, Frame::MsgAck(_));
             match frame {
                 Frame::Padding { .. } | Frame::Ping => {}
                 Frame::Ack(ack) => self.on_ack_frame(now, &ack)?,
@@ -246,7 +248,9 @@ impl Connection {
                 self.rx.largest = Some((pn, now));
             }
             self.rx.ack_pending = true;
-            if eliciting {
+            if eliciting && !urgent {
+                self.schedule_ack(now, false);
+            } else if eliciting {
                 self.rx.eliciting_since_ack += 1;
                 let immediate = !in_order
                     || self.rx.eliciting_since_ack >= self.config.ack_eliciting_threshold

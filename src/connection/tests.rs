@@ -311,3 +311,53 @@ fn acknowledging_a_skipped_packet_number_closes_the_connection() {
     assert!(matches!(err, DatagramError::ProtocolViolation(why) if why.contains("skipped")));
     assert_eq!(c.state(), State::Closing);
 }
+
+#[test]
+fn ping_pong_costs_one_packet_per_message_each_way() {
+    // Each side answers every message at once, driven in the order a driver uses: datagrams
+    // in, transmit, then the application's events and its answer, then transmit again. The
+    // first flush may send an acknowledgement of its own (a skipped packet number looks like a
+    // gap and asks for one at once); it must not start a chain of acknowledgements answering
+    // acknowledgements.
+    let now0 = t0();
+    let config = Arc::new(Config::default());
+    let mut a = Connection::new(config.clone(), 1, 2, now0).unwrap();
+    let mut b = Connection::new(config, 2, 1, now0).unwrap();
+    let mut now = now0;
+    let pings = 3_000u64;
+    let mut to_b: Vec<Vec<u8>> = Vec::new();
+    let mut to_a: Vec<Vec<u8>> = Vec::new();
+    let flush = |c: &mut Connection, now, out: &mut Vec<Vec<u8>>| {
+        let mut buf = [0u8; 1500];
+        while let Some(n) = c.poll_transmit(now, &mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+    };
+    a.send(now, b"ping", Guarantee::ExactlyOnce).unwrap();
+    flush(&mut a, now, &mut to_b);
+    // One side's turn: take what arrived, flush, answer, flush.
+    let turn = |me: &mut Connection, inbox: &mut Vec<Vec<u8>>, outbox: &mut Vec<Vec<u8>>, now| {
+        for d in inbox.drain(..) {
+            me.handle_datagram(now, &d).unwrap();
+        }
+        me.handle_timeout(now);
+        flush(me, now, outbox);
+        while let Some(ev) = me.poll_event() {
+            if let Event::Message(m) = ev {
+                me.send(now, &m.payload, Guarantee::ExactlyOnce).unwrap();
+            }
+        }
+        flush(me, now, outbox);
+    };
+    for _ in 0..pings {
+        now += Duration::from_micros(50);
+        turn(&mut b, &mut to_b, &mut to_a, now);
+        now += Duration::from_micros(50);
+        turn(&mut a, &mut to_a, &mut to_b, now);
+    }
+    let (pa, pb) = (a.stats().packets_sent, b.stats().packets_sent);
+    assert!(
+        pa <= pings * 11 / 10 && pb <= pings * 11 / 10,
+        "{pa} and {pb} packets for {pings} pings"
+    );
+}
