@@ -20,6 +20,7 @@ use common::{Args, Json};
 use surely::{Config, Connection, Event, Guarantee};
 
 fn main() -> ExitCode {
+    env_logger::init();
     let args = match Args::parse("inmem", &["--messages", "--size", "--guarantee"], &[]) {
         Ok(a) => a,
         Err(e) => {
