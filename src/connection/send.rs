@@ -478,7 +478,10 @@ impl Connection {
         let pkt = *self.ledger.get(pn)?;
         if !pkt.lost {
             self.ledger.settle(pn, false)?;
-            if pkt.in_flight {
+            // RFC 9002 section 7.8: a window the sender does not fill (the application sends
+            // less than it allows) must not grow, or it becomes a promise the path never kept.
+            let window_used = self.ledger.bytes_in_flight + u64::from(pkt.size);
+            if pkt.in_flight && window_used.saturating_mul(2) >= self.cc.window() {
                 self.cc
                     .on_packet_acked(now, pkt.time, u64::from(pkt.size), &self.rtt);
             }

@@ -361,3 +361,34 @@ fn ping_pong_costs_one_packet_per_message_each_way() {
         "{pa} and {pb} packets for {pings} pings"
     );
 }
+
+#[test]
+fn an_application_limited_sender_does_not_grow_its_window() {
+    // One small message per round trip never fills the window, so the window stays where it
+    // started instead of growing into a promise the path never kept (RFC 9002 section 7.8).
+    let now0 = t0();
+    let config = Arc::new(Config::default());
+    let mut a = Connection::new(config.clone(), 1, 2, now0).unwrap();
+    let mut b = Connection::new(config, 2, 1, now0).unwrap();
+    let initial = a.stats().cwnd;
+    let mut buf = [0u8; 1500];
+    let mut now = now0;
+    for _ in 0..500 {
+        a.send(now, b"tick", Guarantee::ExactlyOnce).unwrap();
+        for _ in 0..3 {
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                b.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            while a.poll_event().is_some() {}
+            while b.poll_event().is_some() {}
+            now += Duration::from_millis(5);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+        }
+    }
+    assert_eq!(a.stats().delivered, 500);
+    assert_eq!(a.stats().cwnd, initial);
+}
