@@ -328,39 +328,9 @@ impl Connection {
             self.stats.duplicates_suppressed += 1;
             return true;
         }
-        let payload = match m.fragment {
-            Some(frag) => {
-                let budget = self
-                    .config
-                    .recv_buffer_bytes
-                    .saturating_sub(self.rx.buffered_bytes());
-                match self
-                    .rx
-                    .reassembly
-                    .on_fragment(now, Space::Reliable, m, frag, budget)
-                {
-                    FragmentOutcome::Stored => {
-                        self.arm_reassembly_timer();
-                        return true;
-                    }
-                    FragmentOutcome::Duplicate => return true,
-                    FragmentOutcome::Conflict => {
-                        // Dropped, so the packet is not acknowledged (PROTOCOL.md 4.2).
-                        self.stats.dropped_malformed += 1;
-                        return false;
-                    }
-                    FragmentOutcome::NoRoom => return false,
-                    FragmentOutcome::Complete(data) => data,
-                }
-            }
-            None => {
-                if !self.room_for(m.payload.len()) {
-                    return false;
-                }
-                let mut buf = self.take_buffer(m.payload.len());
-                buf.extend_from_slice(m.payload);
-                buf
-            }
+        let payload = match self.take_payload(now, Space::Reliable, m) {
+            Ok(p) => p,
+            Err(accepted) => return accepted,
         };
         if duplicate_delivery {
             // At-least-once, unordered: a copy of a message already handed over.
@@ -382,6 +352,47 @@ impl Connection {
             }
         }
         accepted
+    }
+
+    /// The whole payload of a MESSAGE frame: copied into a pooled buffer, or, for a fragment,
+    /// the reassembled message once its last fragment arrives. `Err(accepted)` when there is
+    /// nothing to deliver yet, with whether the frame took effect: a fragment stored, or a
+    /// reliable copy, counts as taken; a dropped one (no room, conflict, an at-most-once copy)
+    /// does not, so its packet is not acknowledged.
+    fn take_payload(
+        &mut self,
+        now: Instant,
+        space: Space,
+        m: &MessageFrame<'_>,
+    ) -> Result<Vec<u8>, bool> {
+        let Some(frag) = m.fragment else {
+            if !self.room_for(m.payload.len()) {
+                return Err(false);
+            }
+            let mut buf = self.take_buffer(m.payload.len());
+            buf.extend_from_slice(m.payload);
+            return Ok(buf);
+        };
+        let budget = self
+            .config
+            .recv_buffer_bytes
+            .saturating_sub(self.rx.buffered_bytes());
+        match self.rx.reassembly.on_fragment(now, space, m, frag, budget) {
+            FragmentOutcome::Stored => {
+                self.arm_reassembly_timer();
+                Err(true)
+            }
+            FragmentOutcome::Duplicate => Err(space == Space::Reliable),
+            FragmentOutcome::Conflict => {
+                // Dropped, so the packet is not acknowledged (PROTOCOL.md 4.2).
+                if space == Space::Reliable {
+                    self.stats.dropped_malformed += 1;
+                }
+                Err(false)
+            }
+            FragmentOutcome::NoRoom => Err(false),
+            FragmentOutcome::Complete(data) => Ok(data),
+        }
     }
 
     fn channel_mut(&mut self, channel: u8) -> &mut OrderedChannel {
@@ -543,34 +554,9 @@ impl Connection {
         if id >= self.rx.amo.base() + cap {
             self.amo_advance(id + 1 - cap);
         }
-        let payload = match m.fragment {
-            Some(frag) => {
-                let budget = self
-                    .config
-                    .recv_buffer_bytes
-                    .saturating_sub(self.rx.buffered_bytes());
-                match self
-                    .rx
-                    .reassembly
-                    .on_fragment(now, Space::AtMostOnce, m, frag, budget)
-                {
-                    FragmentOutcome::Stored => {
-                        self.arm_reassembly_timer();
-                        return true;
-                    }
-                    FragmentOutcome::Duplicate | FragmentOutcome::Conflict => return false,
-                    FragmentOutcome::NoRoom => return false,
-                    FragmentOutcome::Complete(data) => data,
-                }
-            }
-            None => {
-                if !self.room_for(m.payload.len()) {
-                    return false;
-                }
-                let mut buf = self.take_buffer(m.payload.len());
-                buf.extend_from_slice(m.payload);
-                buf
-            }
+        let payload = match self.take_payload(now, Space::AtMostOnce, m) {
+            Ok(p) => p,
+            Err(accepted) => return accepted,
         };
         let _ = self.rx.amo.insert(id);
         self.hand_over(id, m.channel, Guarantee::AtMostOnce, false, payload, false);
