@@ -34,6 +34,23 @@ const RECEIVED_RANGES: usize = 256;
 /// packets are dropped as stale.
 pub(super) const RECEIVED_HISTORY: u64 = 4096;
 
+/// Frames of one packet parsed into a stack array before any takes effect; a packet with
+/// more (rare: many tiny frames) is parsed again for the rest.
+const INLINE_FRAMES: usize = 32;
+
+/// What the frames of one packet did, for its acknowledgement and close handling.
+struct PacketEffect {
+    /// Every frame took effect (or was a recognised copy); `false`: dropped for lack of room,
+    /// so the packet must not be acknowledged.
+    accepted: bool,
+    /// Some frame obliges an acknowledgement.
+    eliciting: bool,
+    /// Some frame other than MSG_ACK obliges one (MSG_ACK alone can wait for the ack delay).
+    urgent: bool,
+    /// The peer's CLOSE: code and reason.
+    close: Option<(u64, String)>,
+}
+
 #[derive(Debug)]
 pub(super) struct RecvState {
     /// Packet numbers received (whose frames all took effect).
@@ -187,54 +204,57 @@ impl Connection {
             self.schedule_ack(now, false);
             return Err(DatagramError::Stale);
         }
-        if let Err(e) = wire::validate(payload) {
+        // One parse: the frames go into a small array, and take effect only once the whole
+        // payload parsed (a malformed datagram has no partial effect). A payload with more
+        // frames than the array holds is parsed a second time to apply the rest.
+        let mut parsed = [Frame::Ping; INLINE_FRAMES];
+        let mut count = 0;
+        for frame in wire::frames(payload) {
+            match frame {
+                Ok(f) => {
+                    if let Some(slot) = parsed.get_mut(count) {
+                        *slot = f;
+                    }
+                    count += 1;
+                }
+                Err(e) => {
+                    self.stats.dropped_malformed += 1;
+                    return Err(e.into());
+                }
+            }
+        }
+        if count == 0 {
             self.stats.dropped_malformed += 1;
-            return Err(e.into());
+            return Err(wire::WireError::EmptyPacket.into());
         }
         self.last_received = now;
         self.timers.set(Timer::Idle, now + self.config.idle_timeout);
 
-        let mut accepted = true;
-        let mut eliciting = false;
-        let mut urgent = false;
-        let mut close: Option<(u64, String)> = None;
-        for frame in wire::frames(payload) {
-            // Validated above: an error here cannot happen, but is handled as malformed.
-            let frame = frame?;
-            eliciting |= frame.is_ack_eliciting();
-            urgent |= frame.is_ack_eliciting() && !matches!(frame, Frame::MsgAck(_));
-            match frame {
-                Frame::Padding { .. } | Frame::Ping => {}
-                Frame::Ack(ack) => self.on_ack_frame(now, &ack)?,
-                Frame::MsgAck(m) => {
-                    if self.state != State::Draining {
-                        self.on_msg_ack_frame(now, &m)?;
-                    }
-                }
-                Frame::Message(m) => accepted &= self.on_message_frame(now, &m),
-                Frame::Forward(f) => {
-                    for e in f.entries() {
-                        accepted &= self.on_forward_entry(now, e);
-                    }
-                }
-                Frame::Reject(r) => {
-                    for id in r.ids() {
-                        self.on_reject_id(id);
-                    }
-                }
-                Frame::AmoFloor { floor } => self.on_amo_floor(now, floor),
-                Frame::Close(c) => {
-                    let reason = String::from_utf8_lossy(c.reason).into_owned();
-                    close = Some((c.code, reason));
-                }
-            }
-            if let Some(why) = self.violation.take() {
-                return Err(self.protocol_violation(now, why));
-            }
-            if self.state == State::Closed {
+        let mut effect = PacketEffect {
+            accepted: true,
+            eliciting: false,
+            urgent: false,
+            close: None,
+        };
+        for frame in &parsed[..count.min(INLINE_FRAMES)] {
+            if self.apply_frame(now, frame, &mut effect)? {
                 return Ok(());
             }
         }
+        if count > INLINE_FRAMES {
+            for frame in wire::frames(payload).skip(INLINE_FRAMES) {
+                // Parsed above: an error here cannot happen, but is handled as malformed.
+                if self.apply_frame(now, &frame?, &mut effect)? {
+                    return Ok(());
+                }
+            }
+        }
+        let PacketEffect {
+            accepted,
+            eliciting,
+            urgent,
+            close,
+        } = effect;
         if accepted {
             self.stats.packets_received += 1;
             self.rx.received.insert_one(pn);
@@ -266,6 +286,48 @@ impl Connection {
         }
         self.maybe_finish_shutdown(now);
         Ok(())
+    }
+
+    /// Applies one frame of a parsed packet, accumulating its effect on the packet's handling.
+    /// Returns `Ok(true)` when the connection closed and the rest of the packet must be ignored.
+    fn apply_frame(
+        &mut self,
+        now: Instant,
+        frame: &Frame<'_>,
+        effect: &mut PacketEffect,
+    ) -> Result<bool, DatagramError> {
+        let eliciting = frame.is_ack_eliciting();
+        effect.eliciting |= eliciting;
+        effect.urgent |= eliciting && !matches!(frame, Frame::MsgAck(_));
+        match frame {
+            Frame::Padding { .. } | Frame::Ping => {}
+            Frame::Ack(ack) => self.on_ack_frame(now, ack)?,
+            Frame::MsgAck(m) => {
+                if self.state != State::Draining {
+                    self.on_msg_ack_frame(now, m)?;
+                }
+            }
+            Frame::Message(m) => effect.accepted &= self.on_message_frame(now, m),
+            Frame::Forward(f) => {
+                for e in f.entries() {
+                    effect.accepted &= self.on_forward_entry(now, e);
+                }
+            }
+            Frame::Reject(r) => {
+                for id in r.ids() {
+                    self.on_reject_id(id);
+                }
+            }
+            Frame::AmoFloor { floor } => self.on_amo_floor(now, *floor),
+            Frame::Close(c) => {
+                let reason = String::from_utf8_lossy(c.reason).into_owned();
+                effect.close = Some((c.code, reason));
+            }
+        }
+        if let Some(why) = self.violation.take() {
+            return Err(self.protocol_violation(now, why));
+        }
+        Ok(self.state == State::Closed)
     }
 
     /// Arranges for an acknowledgement: now, or within the maximum ack delay.

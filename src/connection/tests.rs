@@ -392,3 +392,45 @@ fn an_application_limited_sender_does_not_grow_its_window() {
     assert_eq!(a.stats().delivered, 500);
     assert_eq!(a.stats().cwnd, initial);
 }
+
+#[test]
+fn a_malformed_frame_after_good_ones_leaves_no_effect() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    let mut d = datagram(0, &[message(Guarantee::ExactlyOnce, 0, b"hi"), Frame::Ping]);
+    // Turn the trailing PING into an unknown frame type and seal again: the checksum is valid,
+    // the first frame well-formed, the packet as a whole is not.
+    let tag = Crc32.tag_len();
+    let ping_at = d.len() - tag - 1;
+    d[ping_at] = 0x3f;
+    let n = wire::seal(&mut d, ping_at + 1, &Crc32).unwrap();
+    assert_eq!(n, d.len());
+    assert!(c.handle_datagram(now, &d).is_err());
+    assert!(messages(&mut c).is_empty());
+    assert_eq!(c.stats().dropped_malformed, 1);
+    // The packet number was not consumed: a well-formed copy is accepted.
+    c.handle_datagram(
+        now,
+        &datagram(0, &[message(Guarantee::ExactlyOnce, 0, b"hi")]),
+    )
+    .unwrap();
+    assert_eq!(messages(&mut c), vec![(0, b"hi".to_vec())]);
+}
+
+#[test]
+fn a_packet_with_more_frames_than_the_inline_array_takes_full_effect() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    let payloads: Vec<[u8; 1]> = (0..70u8).map(|i| [i]).collect();
+    let frames: Vec<Frame<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| message(Guarantee::ExactlyOnce, i as u64, p))
+        .collect();
+    c.handle_datagram(now, &datagram(0, &frames)).unwrap();
+    let got = messages(&mut c);
+    assert_eq!(got.len(), 70);
+    for (i, (id, payload)) in got.into_iter().enumerate() {
+        assert_eq!((id, payload), (i as u64, vec![i as u8]));
+    }
+}
