@@ -62,6 +62,7 @@ impl DedupWindow {
     }
 
     /// The lowest id not implicitly seen; every id below it counts as seen.
+    #[inline]
     pub fn base(&self) -> u64 {
         self.base
     }
@@ -87,6 +88,7 @@ impl DedupWindow {
     }
 
     /// Whether `id` counts as seen: inserted, or below the base.
+    #[inline]
     pub fn contains(&self, id: u64) -> bool {
         match self.offset(id) {
             Ok(offset) => self.bits[self.slot(offset)],

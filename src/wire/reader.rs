@@ -23,21 +23,25 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// A cursor at the start of `buf`.
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf }
     }
 
     /// Number of bytes not read yet.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len()
     }
 
     /// Whether every byte has been read.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
     /// Reads one byte.
+    #[inline]
     pub fn u8(&mut self) -> Result<u8, WireError> {
         let (&b, rest) = self.buf.split_first().ok_or(WireError::Truncated)?;
         self.buf = rest;
@@ -65,14 +69,21 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a variable-length integer in any of its forms (not only the shortest).
+    #[inline]
     pub fn varint(&mut self) -> Result<u64, WireError> {
         let first = self.peek_u8().ok_or(WireError::Truncated)?;
+        if first < 0x40 {
+            // The one-byte form, by far the most common.
+            self.buf = self.buf.get(1..).unwrap_or_default();
+            return Ok(u64::from(first));
+        }
         let bytes = self.take(varint::len_from_first_byte(first))?;
         // The first byte's two length bits are masked off; the rest is the value, big-endian.
         Ok(bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)) & value_mask(bytes.len()))
     }
 
     /// Reads the next `n` bytes.
+    #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         let (head, rest) = self.buf.split_at_checked(n).ok_or(WireError::Truncated)?;
         self.buf = rest;
@@ -80,6 +91,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next byte, without consuming it.
+    #[inline]
     pub fn peek_u8(&self) -> Option<u8> {
         self.buf.first().copied()
     }

@@ -19,6 +19,7 @@ const MAX_4: u64 = (1 << 30) - 1;
 ///
 /// `v` must not exceed [`MAX_VARINT`] (checked in debug builds; release builds answer 8, and
 /// the writer refuses the value).
+#[inline]
 pub fn varint_len(v: u64) -> usize {
     debug_assert!(v <= MAX_VARINT, "varint out of range: {v}");
     if v <= MAX_1 {
@@ -33,12 +34,14 @@ pub fn varint_len(v: u64) -> usize {
 }
 
 /// Length in bytes of a varint whose first byte is `first`.
+#[inline]
 pub(crate) fn len_from_first_byte(first: u8) -> usize {
     1 << (first >> 6)
 }
 
 /// Encodes `v` (at most [`MAX_VARINT`]) in its shortest form into the returned 8-byte array;
 /// the encoding is its last `len` bytes, where `len` is the second value.
+#[inline]
 pub(crate) fn encode(v: u64) -> ([u8; 8], usize) {
     let len = varint_len(v);
     let prefix: u64 = match len {

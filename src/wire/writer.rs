@@ -25,21 +25,25 @@ pub struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     /// A writer at the start of `buf`.
+    #[inline]
     pub fn new(buf: &'a mut [u8]) -> Self {
         Writer { buf, pos: 0 }
     }
 
     /// Number of bytes written so far.
+    #[inline]
     pub fn position(&self) -> usize {
         self.pos
     }
 
     /// Number of bytes that can still be written.
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)
     }
 
     /// Writes one byte.
+    #[inline]
     pub fn put_u8(&mut self, v: u8) -> Result<(), WireError> {
         self.put_slice(&[v])
     }
@@ -56,7 +60,12 @@ impl<'a> Writer<'a> {
 
     /// Writes a variable-length integer in its shortest form. A value above
     /// [`MAX_VARINT`](super::varint::MAX_VARINT) is refused with [`WireError::ValueTooLarge`].
+    #[inline]
     pub fn put_varint(&mut self, v: u64) -> Result<(), WireError> {
+        if let Ok(b @ 0..0x40) = u8::try_from(v) {
+            // The one-byte form, by far the most common.
+            return self.put_u8(b);
+        }
         if v > varint::MAX_VARINT {
             return Err(WireError::ValueTooLarge);
         }
@@ -66,6 +75,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Writes `s` as is.
+    #[inline]
     pub fn put_slice(&mut self, s: &[u8]) -> Result<(), WireError> {
         let dst = self.reserve(s.len())?;
         dst.copy_from_slice(s);
@@ -79,6 +89,7 @@ impl<'a> Writer<'a> {
     }
 
     /// Advances past the next `n` bytes and returns them, or fails without moving.
+    #[inline]
     fn reserve(&mut self, n: usize) -> Result<&mut [u8], WireError> {
         let end = self.pos.checked_add(n).ok_or(WireError::BufferTooSmall)?;
         let dst = self
