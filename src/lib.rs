@@ -83,6 +83,7 @@ pub mod endpoint;
 pub mod error;
 pub mod event;
 pub mod histogram;
+mod limits;
 pub mod message;
 #[cfg(feature = "net")]
 pub mod net;

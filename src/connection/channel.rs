@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::limits::HELD_ENTRY_COST;
 use crate::message::Guarantee;
 
 /// Something waiting for its turn in an ordered channel.
@@ -18,11 +19,6 @@ pub(super) enum Held {
     Skip,
 }
 
-/// What one held entry (a message or a skip) counts against the receive buffer besides its
-/// payload, so that a peer cannot make the receiver hold unbounded bookkeeping with skips or
-/// empty messages.
-pub(super) const ENTRY_COST: usize = 64;
-
 /// One ordered channel.
 #[derive(Debug, Default)]
 pub(super) struct OrderedChannel {
@@ -32,7 +28,7 @@ pub(super) struct OrderedChannel {
 }
 
 impl OrderedChannel {
-    /// Bytes held back: payloads plus [`ENTRY_COST`] per entry.
+    /// Bytes held back: payloads plus [`HELD_ENTRY_COST`] per entry.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
     }
@@ -80,7 +76,7 @@ impl OrderedChannel {
 
 /// Receive-buffer bytes an entry accounts for while held.
 pub(super) fn cost(item: &Held) -> usize {
-    ENTRY_COST
+    HELD_ENTRY_COST
         + match item {
             Held::Message { payload, .. } => payload.len(),
             Held::Skip => 0,
@@ -115,7 +111,7 @@ mod tests {
         assert!(ch.offer(2, msg(12), |h| out.push(h)));
         assert!(ch.offer(1, Held::Skip, |h| out.push(h)));
         assert!(out.is_empty());
-        assert_eq!(ch.held_bytes(), 2 * ENTRY_COST + 3);
+        assert_eq!(ch.held_bytes(), 2 * HELD_ENTRY_COST + 3);
         assert!(ch.offer(0, msg(10), |h| out.push(h)));
         assert_eq!(ids(&out), vec![10, 12]);
         assert_eq!(ch.held_bytes(), 0);

@@ -34,6 +34,7 @@ use crate::config::{AckMode, Config, ConfigError};
 use crate::congestion::Controller;
 use crate::error::{DatagramError, SendError, TokenError};
 use crate::event::{AckToken, CloseReason, Event, TokenSink, UndeliverableReason};
+use crate::limits::{self, ConnectionLimits};
 use crate::message::SendOptions;
 use crate::rangeset::RangeSet;
 use crate::rtt::RttEstimator;
@@ -132,6 +133,8 @@ impl fmt::Display for State {
 /// ```
 pub struct Connection {
     config: Arc<Config>,
+    /// The configured caps, checked in [`crate::limits`].
+    limits: ConnectionLimits,
     integrity: Box<dyn Integrity>,
     local_cid: u64,
     remote_cid: u64,
@@ -238,12 +241,6 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// Most buffers kept for reuse.
-const POOL_MAX: usize = 256;
-
-/// Skipped packet numbers remembered for optimistic-ACK detection.
-const SKIPPED_KEPT: usize = 16;
-
 impl Connection {
     /// Creates a connection. `local_cid` is the id the peer puts on datagrams for us;
     /// `remote_cid` the one we put on datagrams for it. Both ends must use equal
@@ -275,7 +272,7 @@ impl Connection {
             events: VecDeque::new(),
             stats: Stats::default(),
             ledger: Ledger::new(config.initial_packet_number),
-            acked_pns: RangeSet::new(1024),
+            acked_pns: RangeSet::new(limits::ACKED_PN_RANGES),
             largest_acked: None,
             rtt: RttEstimator::new(config.initial_rtt),
             cc: config.congestion.build(mds),
@@ -290,7 +287,7 @@ impl Connection {
             cursor: (first_id, 0),
             retx: VecDeque::new(),
             peer_limit: first_id + crate::config::MIN_WINDOW,
-            msg_acked: RangeSet::new(256),
+            msg_acked: RangeSet::new(limits::MSG_ACKED_RANGES),
             forward: Vec::new(),
             forward_dirty: false,
             forward_cursor: 0,
@@ -311,11 +308,12 @@ impl Connection {
             frame_scratch: Vec::new(),
             probe_scratch: Vec::new(),
             violation: None,
-            skipped_pns: VecDeque::with_capacity(SKIPPED_KEPT),
+            skipped_pns: VecDeque::with_capacity(limits::SKIPPED_PNS_KEPT),
             next_skip: 0,
             rng: crate::rng::Rng::new(config.rng_seed ^ local_cid.rotate_left(17)),
             held_scratch: Vec::new(),
             forward_scratch: Vec::new(),
+            limits: ConnectionLimits::new(&config),
             config,
         };
         conn.next_skip = conn.config.initial_packet_number + conn.skip_interval();
@@ -525,7 +523,7 @@ impl Connection {
     /// Gives back a payload buffer (from a received message or an Undeliverable event) for
     /// reuse, so that steady-state operation allocates nothing.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if self.pool.len() < POOL_MAX && buf.capacity() > 0 {
+        if limits::admit_pooled(self.pool.len()) && buf.capacity() > 0 {
             buf.clear();
             self.pool.push(buf);
         }
@@ -668,7 +666,7 @@ impl Connection {
             return;
         }
         let pn = self.ledger.skip_pn(now);
-        if self.skipped_pns.len() == SKIPPED_KEPT {
+        if !limits::admit_skipped_pn(self.skipped_pns.len()) {
             self.skipped_pns.pop_front();
         }
         self.skipped_pns.push_back(pn);

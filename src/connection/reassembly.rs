@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::limits::ConnectionLimits;
 use crate::message::Guarantee;
 use crate::wire::{Fragment, MessageFrame};
 
@@ -64,16 +65,14 @@ pub(super) struct Discarded {
 #[derive(Debug)]
 pub(super) struct Reassembly {
     partials: Vec<Partial>,
-    max_partials: usize,
     /// Bytes allocated to partial messages.
     bytes: usize,
 }
 
 impl Reassembly {
-    pub fn new(max_partials: usize) -> Self {
+    pub fn new() -> Self {
         Reassembly {
             partials: Vec::new(),
-            max_partials,
             bytes: 0,
         }
     }
@@ -95,14 +94,16 @@ impl Reassembly {
         self.partials.iter().any(|p| p.space == space && p.id == id)
     }
 
-    /// Adds one fragment. `budget` is how many more bytes the receiver may allocate.
+    /// Adds one fragment. `buffered` is what the receiver holds in all (these partial messages
+    /// included), checked with `limits` before a new partial message is allocated.
     pub fn on_fragment(
         &mut self,
         now: Instant,
         space: Space,
         frame: &MessageFrame<'_>,
         frag: Fragment,
-        budget: usize,
+        limits: &ConnectionLimits,
+        buffered: usize,
     ) -> FragmentOutcome {
         let meta = MessageMeta {
             guarantee: frame.guarantee,
@@ -123,7 +124,9 @@ impl Reassembly {
             Some(i) => i,
             None => {
                 let total = frag.total_len as usize;
-                if self.partials.len() >= self.max_partials || total > budget {
+                if !limits.admit_partial(self.partials.len())
+                    || !limits.admit_recv_bytes(buffered, total)
+                {
                     return FragmentOutcome::NoRoom;
                 }
                 self.bytes += total;
@@ -215,6 +218,16 @@ impl Reassembly {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    /// Caps of `partials` partial messages and `bytes` of receive buffer.
+    fn caps(partials: usize, bytes: usize) -> ConnectionLimits {
+        ConnectionLimits::new(
+            &Config::default()
+                .max_partial_messages(partials)
+                .recv_buffer_bytes(bytes),
+        )
+    }
 
     #[allow(clippy::disallowed_methods)] // a base instant for the test; its value is irrelevant
     fn t0() -> Instant {
@@ -245,22 +258,22 @@ mod tests {
     fn reassembles_in_any_order_including_last_first() {
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
         let now = t0();
-        let mut r = Reassembly::new(4);
+        let mut r = Reassembly::new();
         for index in [3, 0, 2] {
             let (f, fr) = frag(&data, 5, 4, index);
             assert!(matches!(
-                r.on_fragment(now, Space::Reliable, &f, fr, 1 << 20),
+                r.on_fragment(now, Space::Reliable, &f, fr, &caps(4, 1 << 20), 0),
                 FragmentOutcome::Stored
             ));
         }
         let (f, fr) = frag(&data, 5, 4, 2);
         assert!(matches!(
-            r.on_fragment(now, Space::Reliable, &f, fr, 1 << 20),
+            r.on_fragment(now, Space::Reliable, &f, fr, &caps(4, 1 << 20), 0),
             FragmentOutcome::Duplicate
         ));
         assert_eq!(r.bytes(), 1000);
         let (f, fr) = frag(&data, 5, 4, 1);
-        match r.on_fragment(now, Space::Reliable, &f, fr, 1 << 20) {
+        match r.on_fragment(now, Space::Reliable, &f, fr, &caps(4, 1 << 20), 0) {
             FragmentOutcome::Complete(bytes) => assert_eq!(bytes, data),
             other => panic!("{other:?}"),
         }
@@ -272,18 +285,18 @@ mod tests {
     fn conflicting_metadata_is_dropped() {
         let data = vec![1u8; 100];
         let now = t0();
-        let mut r = Reassembly::new(4);
+        let mut r = Reassembly::new();
         let (f, fr) = frag(&data, 1, 2, 0);
-        r.on_fragment(now, Space::Reliable, &f, fr, 1 << 20);
+        r.on_fragment(now, Space::Reliable, &f, fr, &caps(4, 1 << 20), 0);
         let other = vec![2u8; 120];
         let (f2, fr2) = frag(&other, 1, 2, 1);
         assert!(matches!(
-            r.on_fragment(now, Space::Reliable, &f2, fr2, 1 << 20),
+            r.on_fragment(now, Space::Reliable, &f2, fr2, &caps(4, 1 << 20), 0),
             FragmentOutcome::Conflict
         ));
         // Same id in the other space is a different message.
         assert!(matches!(
-            r.on_fragment(now, Space::AtMostOnce, &f2, fr2, 1 << 20),
+            r.on_fragment(now, Space::AtMostOnce, &f2, fr2, &caps(4, 1 << 20), 0),
             FragmentOutcome::Stored
         ));
     }
@@ -292,22 +305,22 @@ mod tests {
     fn bounded_by_slots_and_budget_and_expires() {
         let data = vec![0u8; 100];
         let now = t0();
-        let mut r = Reassembly::new(2);
+        let mut r = Reassembly::new();
         for id in 0..2 {
             let (f, fr) = frag(&data, id, 2, 0);
             assert!(matches!(
-                r.on_fragment(now, Space::AtMostOnce, &f, fr, 1000),
+                r.on_fragment(now, Space::AtMostOnce, &f, fr, &caps(2, 1000), 0),
                 FragmentOutcome::Stored
             ));
         }
         let (f, fr) = frag(&data, 9, 2, 0);
         assert!(matches!(
-            r.on_fragment(now, Space::AtMostOnce, &f, fr, 1000),
+            r.on_fragment(now, Space::AtMostOnce, &f, fr, &caps(2, 1000), 0),
             FragmentOutcome::NoRoom
         ));
-        let mut r2 = Reassembly::new(8);
+        let mut r2 = Reassembly::new();
         assert!(matches!(
-            r2.on_fragment(now, Space::AtMostOnce, &f, fr, 99),
+            r2.on_fragment(now, Space::AtMostOnce, &f, fr, &caps(8, 99), 0),
             FragmentOutcome::NoRoom
         ));
         let timeout = Duration::from_secs(1);
@@ -323,11 +336,11 @@ mod tests {
     fn remove_below_discards_only_that_space() {
         let data = vec![0u8; 10];
         let now = t0();
-        let mut r = Reassembly::new(8);
+        let mut r = Reassembly::new();
         for id in 0..4 {
             let (f, fr) = frag(&data, id, 2, 0);
-            r.on_fragment(now, Space::AtMostOnce, &f, fr, 1000);
-            r.on_fragment(now, Space::Reliable, &f, fr, 1000);
+            r.on_fragment(now, Space::AtMostOnce, &f, fr, &caps(8, 1000), 0);
+            r.on_fragment(now, Space::Reliable, &f, fr, &caps(8, 1000), 0);
         }
         let mut n = 0;
         r.remove_below(Space::AtMostOnce, 2, |_| n += 1);

@@ -22,17 +22,12 @@ use crate::config::{AckMode, Config};
 use crate::dedup::DedupWindow;
 use crate::error::DatagramError;
 use crate::event::{AckToken, Event, Received};
+use crate::limits::{ConnectionLimits, RECEIVED_PN_RANGES};
 use crate::message::Guarantee;
 use crate::rangeset::RangeSet;
 use crate::seq::{MessageId, PacketNumber};
 use crate::timer::Timer;
 use crate::wire::{self, Frame, MessageFrame};
-
-/// Packet-number ranges remembered for acknowledgements and duplicate detection.
-const RECEIVED_RANGES: usize = 256;
-/// Packet numbers kept for duplicate detection below what the peer knows we received; older
-/// packets are dropped as stale.
-pub(super) const RECEIVED_HISTORY: u64 = 4096;
 
 /// Frames of one packet parsed into a stack array before any takes effect; a packet with
 /// more (rare: many tiny frames) is parsed again for the rest.
@@ -96,7 +91,7 @@ impl RecvState {
     pub fn new(config: &Config) -> Self {
         let first = config.initial_message_id;
         RecvState {
-            received: RangeSet::new(RECEIVED_RANGES),
+            received: RangeSet::new(RECEIVED_PN_RANGES),
             largest: None,
             pn_floor: config.initial_packet_number,
             ack_floor: config.initial_packet_number,
@@ -112,7 +107,7 @@ impl RecvState {
             reject_cursor: 0,
             amo: DedupWindow::new(first, config.amo_window as usize),
             channels: Vec::new(),
-            reassembly: Reassembly::new(config.max_partial_messages),
+            reassembly: Reassembly::new(),
             queued_bytes: 0,
             held_bytes: 0,
         }
@@ -126,7 +121,7 @@ impl RecvState {
     /// messages now in order through `ready`. A position more than a window ahead, or one
     /// already held, can only come from a broken or hostile peer.
     ///
-    /// Returns `Ok(false)` when holding the item would pass `limit` bytes of receive buffer:
+    /// Returns `Ok(false)` when holding the item would pass the receive buffer's limit:
     /// nothing changed, and the caller must not acknowledge the packet.
     pub fn offer(
         &mut self,
@@ -134,15 +129,14 @@ impl RecvState {
         seq: u64,
         item: Held,
         ready: &mut Vec<Held>,
-        window: u64,
-        limit: usize,
+        limits: &ConnectionLimits,
     ) -> Result<bool, &'static str> {
         let buffered = self.buffered_bytes();
         let ch = channel_slot(&mut self.channels, channel);
-        if seq >= ch.next().saturating_add(window) {
+        if !limits.in_window(seq, ch.next()) {
             return Err("channel sequence number beyond the window");
         }
-        if seq > ch.next() && buffered + super::channel::cost(&item) > limit {
+        if seq > ch.next() && !limits.admit_recv_bytes(buffered, super::channel::cost(&item)) {
             return Ok(false);
         }
         let before = ch.held_bytes();
@@ -353,15 +347,9 @@ impl Connection {
         }
     }
 
-    fn room_for(&self, len: usize) -> bool {
-        self.rx.buffered_bytes() + len <= self.config.recv_buffer_bytes
-    }
-
     fn check_fragment_caps(&self, m: &MessageFrame<'_>) -> bool {
-        m.fragment.is_none_or(|f| {
-            f.count <= u64::from(self.config.max_fragments)
-                && f.total_len <= self.config.max_message_size as u64
-        })
+        m.fragment
+            .is_none_or(|f| self.limits.admit_fragment(f.count, f.total_len))
     }
 
     fn on_reliable_message(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
@@ -371,7 +359,7 @@ impl Connection {
             self.stats.duplicates_suppressed += 1;
             return true;
         }
-        if id >= base + self.config.window || !self.check_fragment_caps(m) {
+        if !self.limits.in_window(id, base) || !self.check_fragment_caps(m) {
             return false;
         }
         let seen = self.rx.seen.contains(id);
@@ -428,18 +416,19 @@ impl Connection {
         m: &MessageFrame<'_>,
     ) -> Result<Vec<u8>, bool> {
         let Some(frag) = m.fragment else {
-            if !self.room_for(m.payload.len()) {
+            if !self
+                .limits
+                .admit_recv_bytes(self.rx.buffered_bytes(), m.payload.len())
+            {
                 return Err(false);
             }
             let mut buf = self.take_buffer(m.payload.len());
             buf.extend_from_slice(m.payload);
             return Ok(buf);
         };
-        let budget = self
-            .config
-            .recv_buffer_bytes
-            .saturating_sub(self.rx.buffered_bytes());
-        match self.rx.reassembly.on_fragment(now, space, m, frag, budget) {
+        let buffered = self.rx.buffered_bytes();
+        let reassembly = &mut self.rx.reassembly;
+        match reassembly.on_fragment(now, space, m, frag, &self.limits, buffered) {
             FragmentOutcome::Stored => {
                 self.arm_reassembly_timer();
                 Err(true)
@@ -480,24 +469,19 @@ impl Connection {
             guarantee,
             payload,
         };
-        let limit = self.config.recv_buffer_bytes;
-        let accepted =
-            match self
-                .rx
-                .offer(channel, seq, item, &mut ready, self.config.window, limit)
-            {
-                Ok(true) => true,
-                Ok(false) => {
-                    // No room to hold it back: not received after all.
-                    self.rx.seen.remove(id);
-                    false
-                }
-                Err(why) => {
-                    self.rx.seen.remove(id);
-                    self.violation = Some(why);
-                    true
-                }
-            };
+        let accepted = match self.rx.offer(channel, seq, item, &mut ready, &self.limits) {
+            Ok(true) => true,
+            Ok(false) => {
+                // No room to hold it back: not received after all.
+                self.rx.seen.remove(id);
+                false
+            }
+            Err(why) => {
+                self.rx.seen.remove(id);
+                self.violation = Some(why);
+                true
+            }
+        };
         self.hand_over_in_order(channel, ready);
         accepted
     }
@@ -658,7 +642,7 @@ impl Connection {
         if e.id < base {
             return true;
         }
-        if e.id >= base + self.config.window {
+        if !self.limits.in_window(e.id, base) {
             return false;
         }
         if self.rx.seen.contains(e.id) || self.rx.done.contains(e.id) {
@@ -671,14 +655,9 @@ impl Connection {
         }
         if let Some((channel, seq)) = e.ordered {
             let mut ready = std::mem::take(&mut self.held_scratch);
-            let offered = self.rx.offer(
-                channel,
-                seq,
-                Held::Skip,
-                &mut ready,
-                self.config.window,
-                self.config.recv_buffer_bytes,
-            );
+            let offered = self
+                .rx
+                .offer(channel, seq, Held::Skip, &mut ready, &self.limits);
             match offered {
                 Ok(true) => {}
                 Ok(false) => {

@@ -122,23 +122,15 @@ impl Connection {
         if self.state != State::Established {
             return Err(SendError::Closed);
         }
-        let max = self.config.max_message_size;
-        if payload.len() > max {
-            return Err(SendError::TooLarge {
-                size: payload.len(),
-                max,
-            });
-        }
+        self.limits.admit_size(payload.len())?;
         if opts.ordered && !opts.guarantee.is_reliable() {
             return Err(SendError::OrderedAtMostOnce);
         }
         // Abandoned messages the peer has not yet confirmed skipping still take a slot, so a
         // peer that never acknowledges cannot make the FORWARD list grow without bound.
-        if self.pending_messages + self.forward.len() >= self.config.max_pending_messages
-            || self.pending_bytes + payload.len() > self.config.send_buffer_bytes
-        {
-            return Err(SendError::Backpressure);
-        }
+        let held = self.pending_messages + self.forward.len();
+        self.limits
+            .admit_send(payload.len(), held, self.pending_bytes)?;
         let count = fragment_count(payload.len(), self.config.max_datagram_size);
         let deadline = opts
             .deadline
@@ -529,7 +521,9 @@ impl Connection {
             // The peer heard of every packet we received below `ack_upto`. Keep the ranges a
             // while longer for duplicate detection, then let them go.
             self.rx.ack_floor = pkt.ack_upto;
-            let keep_from = pkt.ack_upto.saturating_sub(super::recv::RECEIVED_HISTORY);
+            let keep_from = pkt
+                .ack_upto
+                .saturating_sub(crate::limits::RECEIVED_PN_HISTORY);
             self.rx.received.remove_below(keep_from);
             self.rx.pn_floor = self.rx.pn_floor.max(keep_from);
         }

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{ConnectFailReason, Endpoint, EndpointEvent, Entry, MAX_RETRIES_FOLLOWED, Open, later};
+use super::{ConnectFailReason, Endpoint, EndpointEvent, Entry, Open, later};
 use crate::connection::Connection;
+use crate::limits::EndpointLimits;
 use crate::wire::{MAX_COOKIE_LEN, RefuseReason};
 
 impl Endpoint {
@@ -23,7 +24,7 @@ impl Endpoint {
         let Some(Entry::Connecting(c)) = self.entry_mut(idx) else {
             return;
         };
-        if c.retries_followed >= MAX_RETRIES_FOLLOWED {
+        if !EndpointLimits::admit_retry(c.retries_followed) {
             self.stats.handshake_packets_ignored += 1;
             return;
         }

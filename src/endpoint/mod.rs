@@ -115,7 +115,7 @@ mod client;
 mod config;
 mod cookie;
 mod event;
-mod rate;
+pub(crate) mod rate;
 mod server;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -136,17 +136,12 @@ pub use crate::wire::RefuseReason;
 pub use config::EndpointConfig;
 pub use event::{ConnectError, ConnectFailReason, ConnectionHandle, EndpointEvent, EndpointStats};
 
+use crate::limits::EndpointLimits;
 use cookie::{COOKIE_LEN, CookieJar};
-use rate::RateLimiter;
 
-/// Most handshake packets (RETRY, ACCEPT, REFUSE) waiting for `poll_transmit`; beyond, answers
-/// are dropped (counted in [`EndpointStats::dropped_queue_full`]).
-pub const MAX_QUEUED_HANDSHAKE_PACKETS: usize = 1024;
-/// Most [`EndpointEvent::Refused`] events waiting for `poll_event`; beyond, they are only
-/// counted ([`EndpointStats::events_dropped`]).
-pub const MAX_QUEUED_REFUSED_EVENTS: usize = 1024;
-/// Most RETRYs a client follows in one handshake; later ones are ignored.
-pub const MAX_RETRIES_FOLLOWED: u32 = 4;
+pub use crate::limits::{
+    MAX_QUEUED_HANDSHAKE_PACKETS, MAX_QUEUED_REFUSED_EVENTS, MAX_RETRIES_FOLLOWED,
+};
 
 /// One entry of the connection table; `generation` tells a stale handle from the current one.
 #[derive(Debug)]
@@ -226,7 +221,8 @@ pub struct Endpoint {
     rng: Rng,
     cid_key: [u8; 16],
     cookies: CookieJar,
-    limiter: RateLimiter,
+    /// Connections, handshake rate and queues, checked in [`crate::limits`].
+    limits: EndpointLimits,
     slots: Vec<Slot>,
     free: Vec<u32>,
     open: usize,
@@ -283,7 +279,7 @@ impl Endpoint {
             rng: Rng::new(config.rng_seed),
             cid_key: cookies.derive_key(CID_KEY_LABEL),
             cookies,
-            limiter: RateLimiter::new(config.max_handshakes_per_sec, config.handshake_burst),
+            limits: EndpointLimits::new(&config),
             config,
             slots: Vec::new(),
             free: Vec::new(),
@@ -637,7 +633,7 @@ impl Endpoint {
     }
 
     fn is_full(&self) -> bool {
-        self.open + self.connecting >= self.config.max_connections
+        !self.limits.admit_connection(self.open, self.connecting)
     }
 
     fn params(&self) -> TransportParams {
@@ -790,7 +786,7 @@ impl Endpoint {
 
     /// Queues a handshake packet; `false` if the queue is full.
     fn queue(&mut self, out: Outgoing) -> bool {
-        if self.outgoing.len() >= MAX_QUEUED_HANDSHAKE_PACKETS {
+        if !EndpointLimits::admit_handshake_packet(self.outgoing.len()) {
             self.stats.dropped_queue_full += 1;
             return false;
         }

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use super::{Endpoint, EndpointEvent, Entry, MAX_QUEUED_REFUSED_EVENTS, Open, Outgoing};
+use super::{Endpoint, EndpointEvent, Entry, Open, Outgoing};
 use crate::connection::Connection;
+use crate::limits::EndpointLimits;
 use crate::wire::{RefuseReason, TransportParams};
 
 /// The fields of a received INITIAL that an answer needs.
@@ -60,7 +61,7 @@ impl Endpoint {
                 self.refuse(now, &i, RefuseReason::ServerFull, Some(i.len));
                 return;
             }
-            if !self.limiter.try_take(now) {
+            if !self.limits.admit_handshake(now) {
                 self.stats.dropped_rate_limited += 1;
                 return;
             }
@@ -127,7 +128,7 @@ impl Endpoint {
     /// Answers REFUSE; `budget` is set when the address is not validated (then the answer is
     /// also subject to the handshake rate limit).
     fn refuse(&mut self, now: Instant, i: &Initial, reason: RefuseReason, budget: Option<usize>) {
-        if budget.is_some() && !self.limiter.try_take(now) {
+        if budget.is_some() && !self.limits.admit_handshake(now) {
             self.stats.dropped_rate_limited += 1;
             return;
         }
@@ -142,7 +143,7 @@ impl Endpoint {
             return;
         }
         self.stats.handshakes_refused += 1;
-        if self.refused_events < MAX_QUEUED_REFUSED_EVENTS {
+        if EndpointLimits::admit_refused_event(self.refused_events) {
             self.refused_events += 1;
             self.events.push_back(EndpointEvent::Refused {
                 remote: i.from,

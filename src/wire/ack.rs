@@ -11,6 +11,7 @@ use std::ops::Range;
 use super::frame::{DebugList, check_varint, consumed, reserve, ty};
 use super::varint::{MAX_VARINT, varint_len};
 use super::{MAX_ACK_RANGES, MAX_MSG_ACK_RANGES, Reader, WireError, Writer};
+use crate::limits;
 
 /// An ACK frame: the packet numbers received, as up to [`MAX_ACK_RANGES`] ranges.
 ///
@@ -58,7 +59,7 @@ impl<'a> AckFrame<'a> {
         let largest = r.varint()?;
         let ack_delay_us = r.varint()?;
         let additional = r.varint()?;
-        if additional >= MAX_ACK_RANGES as u64 {
+        if !limits::ack_ranges_ok(additional.saturating_add(1)) {
             return Err(WireError::TooManyRanges);
         }
         let first_range = r.varint()?;
@@ -345,7 +346,7 @@ impl<'a> MsgAckFrame<'a> {
             return Err(WireError::LimitBelowCumulative);
         }
         let count = r.varint()?;
-        if count > MAX_MSG_ACK_RANGES as u64 {
+        if !limits::msg_ack_ranges_ok(count) {
             return Err(WireError::TooManyRanges);
         }
         let start = r.clone();

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::ack::{AckFrame, MsgAckFrame};
 use super::varint::{MAX_VARINT, varint_len};
-use super::{MAX_REASON_LEN, Reader, WireError, Writer};
+use super::{Reader, WireError, Writer};
 use crate::Guarantee;
 
 /// Frame type codes.
@@ -680,7 +680,7 @@ where
 pub struct CloseFrame<'a> {
     /// 0 for a graceful close by the application; other codes are defined by the connection.
     pub code: u64,
-    /// Human-readable reason: valid UTF-8, at most [`MAX_REASON_LEN`] bytes.
+    /// Human-readable reason: valid UTF-8, at most [`MAX_REASON_LEN`](super::MAX_REASON_LEN) bytes.
     pub reason: &'a [u8],
 }
 
@@ -704,7 +704,7 @@ impl<'a> CloseFrame<'a> {
     fn parse(r: &mut Reader<'a>) -> Result<CloseFrame<'a>, WireError> {
         let code = r.varint()?;
         let len = r.varint()?;
-        if len > MAX_REASON_LEN as u64 {
+        if !crate::limits::reason_len_ok(len) {
             return Err(WireError::ReasonTooLong);
         }
         let reason = r.take(len as usize)?;
@@ -714,7 +714,7 @@ impl<'a> CloseFrame<'a> {
 }
 
 fn check_reason(reason: &[u8]) -> Result<(), WireError> {
-    if reason.len() > MAX_REASON_LEN {
+    if !crate::limits::reason_len_ok(len_u64(reason.len())) {
         return Err(WireError::ReasonTooLong);
     }
     std::str::from_utf8(reason)
@@ -1077,7 +1077,7 @@ mod tests {
             payload: &[1, 2],
             ..msg
         };
-        let long = [b'a'; MAX_REASON_LEN + 1];
+        let long = [b'a'; super::super::MAX_REASON_LEN + 1];
         let table: &[(Frame<'_>, WireError)] = &[
             (Frame::Message(msg), WireError::OrderedAtMostOnce),
             (Frame::Message(frag), WireError::BadFragment),

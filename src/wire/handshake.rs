@@ -51,6 +51,8 @@
 
 use std::fmt;
 
+use crate::limits;
+
 use super::{
     HEADER_LEN, Header, Integrity, MAX_DATAGRAM, PacketType, Reader, WireError, Writer, open, seal,
 };
@@ -58,8 +60,7 @@ use super::{
 /// The smallest INITIAL datagram, tag included. Padding the first packet of a handshake makes
 /// a spoofed INITIAL cost the attacker more than any answer costs the server.
 pub const MIN_INITIAL_DATAGRAM: usize = 1200;
-/// The longest cookie a RETRY may carry.
-pub const MAX_COOKIE_LEN: usize = 64;
+pub use crate::limits::MAX_COOKIE_LEN;
 /// The smallest `max_datagram_size` an end may announce.
 pub const MIN_ANNOUNCED_DATAGRAM: u64 = 256;
 
@@ -262,7 +263,9 @@ impl<'a> HandshakePacket<'a> {
                 };
                 let cookie = match usize::from(r.u8()?) {
                     0 => None,
-                    n if n > MAX_COOKIE_LEN => return Err(HandshakeError::BadCookieLength(n)),
+                    n if !limits::cookie_len_ok(n) => {
+                        return Err(HandshakeError::BadCookieLength(n));
+                    }
                     n => Some(r.take(n)?),
                 };
                 if r.rest().iter().any(|&b| b != 0) {
@@ -277,7 +280,7 @@ impl<'a> HandshakePacket<'a> {
             }
             PacketType::Retry => {
                 let n = usize::from(r.u8()?);
-                if n == 0 || n > MAX_COOKIE_LEN {
+                if n == 0 || !limits::cookie_len_ok(n) {
                     return Err(HandshakeError::BadCookieLength(n));
                 }
                 HandshakePacket::Retry {
@@ -389,7 +392,7 @@ fn datagram_size(v: u64) -> Result<u64, HandshakeError> {
 /// Writes `cookie_len` and the cookie; an empty cookie is allowed only in an INITIAL.
 fn put_cookie(w: &mut Writer<'_>, cookie: &[u8], may_be_empty: bool) -> Result<(), HandshakeError> {
     let len = cookie.len();
-    if len > MAX_COOKIE_LEN || (len == 0 && !may_be_empty) {
+    if !limits::cookie_len_ok(len) || (len == 0 && !may_be_empty) {
         return Err(HandshakeError::BadCookieLength(len));
     }
     // MAX_COOKIE_LEN fits in a byte.

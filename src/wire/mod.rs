@@ -76,12 +76,7 @@ pub const HEADER_LEN: usize = 14;
 pub const MIN_DATAGRAM: usize = 19;
 /// The largest datagram (the largest UDP payload over IPv4).
 pub const MAX_DATAGRAM: usize = 65507;
-/// Most ranges in one ACK frame, the first range included.
-pub const MAX_ACK_RANGES: usize = 64;
-/// Most ranges in one MSG_ACK frame.
-pub const MAX_MSG_ACK_RANGES: usize = 64;
-/// Longest CLOSE reason, in bytes.
-pub const MAX_REASON_LEN: usize = 255;
+pub use crate::limits::{MAX_ACK_RANGES, MAX_MSG_ACK_RANGES, MAX_REASON_LEN};
 
 /// Why a datagram or frame is malformed, or why one could not be written.
 #[non_exhaustive]
