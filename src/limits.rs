@@ -347,4 +347,36 @@ mod tests {
         assert!(!EndpointLimits::admit_retry(r));
         assert!(!EndpointLimits::admit_retry(r + 1));
     }
+
+    /// The README's table of fixed caps names every constant with its value.
+    #[test]
+    fn readme_lists_the_fixed_caps() {
+        let readme = include_str!("../README.md");
+        let caps: [(&str, u64); 14] = [
+            ("MAX_ACK_RANGES", MAX_ACK_RANGES as u64),
+            ("MAX_MSG_ACK_RANGES", MAX_MSG_ACK_RANGES as u64),
+            ("MAX_REASON_LEN", MAX_REASON_LEN as u64),
+            ("MAX_COOKIE_LEN", MAX_COOKIE_LEN as u64),
+            ("RECEIVED_PN_RANGES", RECEIVED_PN_RANGES as u64),
+            ("RECEIVED_PN_HISTORY", RECEIVED_PN_HISTORY),
+            ("ACKED_PN_RANGES", ACKED_PN_RANGES as u64),
+            ("MSG_ACKED_RANGES", MSG_ACKED_RANGES as u64),
+            ("SKIPPED_PNS_KEPT", SKIPPED_PNS_KEPT as u64),
+            ("POOLED_BUFFERS", POOLED_BUFFERS as u64),
+            ("HELD_ENTRY_COST", HELD_ENTRY_COST as u64),
+            (
+                "MAX_QUEUED_HANDSHAKE_PACKETS",
+                MAX_QUEUED_HANDSHAKE_PACKETS as u64,
+            ),
+            (
+                "MAX_QUEUED_REFUSED_EVENTS",
+                MAX_QUEUED_REFUSED_EVENTS as u64,
+            ),
+            ("MAX_RETRIES_FOLLOWED", u64::from(MAX_RETRIES_FOLLOWED)),
+        ];
+        for (name, value) in caps {
+            let row = format!("| `{name}` | {value} |");
+            assert!(readme.contains(&row), "README lacks the row {row:?}");
+        }
+    }
 }
