@@ -45,6 +45,10 @@ pub(crate) const POOLED_BUFFERS: usize = 256;
 /// `recv_buffer_bytes` besides its payload, so that a peer cannot make the receiver hold
 /// unbounded bookkeeping with skips or empty messages.
 pub(crate) const HELD_ENTRY_COST: usize = 64;
+/// What one `Message` event waiting for the application counts against `recv_buffer_bytes`
+/// besides its payload, so that a peer cannot queue unbounded events with empty messages while
+/// the application is not polling.
+pub(crate) const QUEUED_EVENT_COST: usize = 64;
 
 /// Whether a received ACK frame with `ranges` ranges (the first included) is within
 /// [`MAX_ACK_RANGES`].
@@ -352,7 +356,7 @@ mod tests {
     #[test]
     fn readme_lists_the_fixed_caps() {
         let readme = include_str!("../README.md");
-        let caps: [(&str, u64); 14] = [
+        let caps: [(&str, u64); 15] = [
             ("MAX_ACK_RANGES", MAX_ACK_RANGES as u64),
             ("MAX_MSG_ACK_RANGES", MAX_MSG_ACK_RANGES as u64),
             ("MAX_REASON_LEN", MAX_REASON_LEN as u64),
@@ -364,6 +368,7 @@ mod tests {
             ("SKIPPED_PNS_KEPT", SKIPPED_PNS_KEPT as u64),
             ("POOLED_BUFFERS", POOLED_BUFFERS as u64),
             ("HELD_ENTRY_COST", HELD_ENTRY_COST as u64),
+            ("QUEUED_EVENT_COST", QUEUED_EVENT_COST as u64),
             (
                 "MAX_QUEUED_HANDSHAKE_PACKETS",
                 MAX_QUEUED_HANDSHAKE_PACKETS as u64,

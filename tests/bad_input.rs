@@ -1367,3 +1367,47 @@ fn a_whole_message_over_a_partial_one_with_the_same_id() {
         assert!(!wire::frames(p).any(|f| matches!(f, Ok(Frame::Reject(_)))));
     }
 }
+
+#[test]
+fn empty_messages_cannot_queue_unbounded_events_while_the_application_does_not_poll() {
+    // Every unpolled Message event counts against the receive buffer, even with no payload;
+    // consecutive at-most-once gaps merge into one Lost event.
+    let now = t0();
+    let limit = 16 * 1024;
+    let mut c = conn_with(
+        Config::default()
+            .max_message_size(1024)
+            .recv_buffer_bytes(limit),
+        now,
+    );
+    let mut pn = 0u32;
+    for id in 0..2_000u64 {
+        for g in [Guarantee::AtMostOnce, Guarantee::AtLeastOnce] {
+            // At-most-once ids advance by two: every message leaves a one-id gap behind it.
+            let id = if g == Guarantee::AtMostOnce {
+                2 * id + 1
+            } else {
+                id
+            };
+            let _ = c.handle_datagram(now, &dg(pn, &[whole(g, id, b"")]));
+            pn += 1;
+        }
+        assert!(c.receive_buffered_bytes() <= limit);
+    }
+    let evs = events(&mut c);
+    let queued = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Message(_)))
+        .count();
+    assert!(queued > 0);
+    assert!(queued <= limit / 64, "{queued} events queued past the cap");
+    let lost = evs
+        .iter()
+        .filter(|e| matches!(e, Event::Lost { .. }))
+        .count();
+    assert!(
+        lost <= queued + 1,
+        "{lost} Lost events for {queued} messages"
+    );
+    assert_eq!(c.receive_buffered_bytes(), 0);
+}

@@ -22,7 +22,7 @@ use crate::config::{AckMode, Config};
 use crate::dedup::DedupWindow;
 use crate::error::DatagramError;
 use crate::event::{AckToken, Event, Received};
-use crate::limits::{ConnectionLimits, RECEIVED_PN_RANGES};
+use crate::limits::{ConnectionLimits, QUEUED_EVENT_COST, RECEIVED_PN_RANGES};
 use crate::message::Guarantee;
 use crate::rangeset::RangeSet;
 use crate::seq::{MessageId, PacketNumber};
@@ -416,10 +416,10 @@ impl Connection {
         m: &MessageFrame<'_>,
     ) -> Result<Vec<u8>, bool> {
         let Some(frag) = m.fragment else {
-            if !self
-                .limits
-                .admit_recv_bytes(self.rx.buffered_bytes(), m.payload.len())
-            {
+            if !self.limits.admit_recv_bytes(
+                self.rx.buffered_bytes(),
+                m.payload.len() + QUEUED_EVENT_COST,
+            ) {
                 return Err(false);
             }
             let mut buf = self.take_buffer(m.payload.len());
@@ -523,7 +523,7 @@ impl Connection {
         };
         log::trace!("conn {}: deliver {guarantee} id {id}", self.local_cid);
         self.stats.messages_received += 1;
-        self.rx.queued_bytes += payload.len();
+        self.rx.queued_bytes += payload.len() + QUEUED_EVENT_COST;
         self.events.push_back(Event::Message(Received {
             id: MessageId(id),
             channel,
@@ -628,7 +628,13 @@ impl Connection {
                 "conn {}: {count} at-most-once messages lost",
                 self.local_cid
             );
-            self.events.push_back(Event::Lost { count });
+            // Consecutive losses merge into one event, so the queue of Lost events never
+            // outgrows the Message events between them.
+            if let Some(Event::Lost { count: queued }) = self.events.back_mut() {
+                *queued = queued.saturating_add(count);
+            } else {
+                self.events.push_back(Event::Lost { count });
+            }
         }
     }
 
@@ -718,7 +724,8 @@ impl Connection {
     /// A `Message` event was taken by the application.
     pub(super) fn on_event_taken(&mut self, ev: &Event) {
         if let Event::Message(m) = ev {
-            self.rx.queued_bytes = self.rx.queued_bytes.saturating_sub(m.payload.len());
+            self.rx.queued_bytes =
+                (self.rx.queued_bytes).saturating_sub(m.payload.len() + QUEUED_EVENT_COST);
         }
     }
 }
