@@ -294,3 +294,84 @@ fn a_connection_under_attack_stays_within_its_caps() {
     assert!(held <= limit as u64 + 256 * 1024, "{held} bytes held");
     drop(c);
 }
+
+/// Passes every datagram `from` has to send to `to`; returns how many.
+fn pump(
+    from: &mut surely::endpoint::Endpoint,
+    from_addr: std::net::SocketAddr,
+    to: &mut surely::endpoint::Endpoint,
+    now: Instant,
+    buf: &mut [u8],
+) -> usize {
+    let mut n = 0;
+    while let Some((_, len)) = from.poll_transmit(now, buf) {
+        to.handle_datagram(now, from_addr, &buf[..len]);
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn idle_connections_on_endpoints_allocate_nothing() {
+    // Keepalives and acknowledgements move every connection's deadline each second: the
+    // endpoints' deadline queues must absorb that without allocating.
+    use surely::endpoint::{Endpoint, EndpointConfig};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let start = Instant::now();
+    let mut now = start;
+    let (sa, ca) = (
+        "127.0.0.1:4000".parse().unwrap(),
+        "127.0.0.1:5000".parse().unwrap(),
+    );
+    let mut server = Endpoint::new(EndpointConfig::default(), [1; 16], now).unwrap();
+    let mut client = Endpoint::new(
+        EndpointConfig::default().accept_incoming(false),
+        [2; 16],
+        now,
+    )
+    .unwrap();
+    let mut buf = vec![0u8; server.buffer_size().max(client.buffer_size())];
+    for _ in 0..300 {
+        client.connect(now, sa).unwrap();
+    }
+    let step = Duration::from_millis(10);
+    let mut measured_from = None;
+    let mut datagrams = 0;
+    for turn in 0..2_000u32 {
+        // 20 s of virtual time: handshakes, then idle; count the last 10 s.
+        if turn == 1_000 {
+            while client.poll_event().is_some() {}
+            while server.poll_event().is_some() {}
+            assert_eq!(server.connection_count(), 300);
+            measured_from = Some(ALLOCATIONS.load(Ordering::Relaxed));
+            track();
+        }
+        for _ in 0..4 {
+            let a = pump(&mut client, ca, &mut server, now, &mut buf);
+            let b = pump(&mut server, sa, &mut client, now, &mut buf);
+            if turn >= 1_000 {
+                datagrams += a + b;
+            }
+            if a + b == 0 {
+                break;
+            }
+        }
+        now += step;
+        client.handle_timeout(now);
+        server.handle_timeout(now);
+        if turn >= 1_000 {
+            while client.poll_event().is_some() {}
+            while server.poll_event().is_some() {}
+        }
+    }
+    let n = ALLOCATIONS.load(Ordering::Relaxed) - measured_from.unwrap();
+    assert!(
+        datagrams >= 300 * 10,
+        "only {datagrams} datagrams while idle"
+    );
+    assert_eq!(server.connection_count(), 300);
+    assert_eq!(
+        n, 0,
+        "{n} allocations in 10 idle seconds of 300 connections"
+    );
+}

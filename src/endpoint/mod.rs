@@ -114,11 +114,12 @@
 mod client;
 mod config;
 mod cookie;
+mod deadlines;
 mod event;
 pub(crate) mod rate;
 mod server;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -138,6 +139,7 @@ pub use event::{ConnectError, ConnectFailReason, ConnectionHandle, EndpointEvent
 
 use crate::limits::EndpointLimits;
 use cookie::{COOKIE_LEN, CookieJar};
+use deadlines::Deadlines;
 
 pub use crate::limits::{
     MAX_QUEUED_HANDSHAKE_PACKETS, MAX_QUEUED_REFUSED_EVENTS, MAX_RETRIES_FOLLOWED,
@@ -232,7 +234,7 @@ pub struct Endpoint {
     /// Server side: (client address, client cid) -> slot, to answer a repeated INITIAL.
     by_peer: BTreeMap<(SocketAddr, u64), u32>,
     /// Every slot's next deadline.
-    timers: BTreeSet<(Instant, u32)>,
+    timers: Deadlines,
     /// Slots that may have datagrams to send, events to hand out, or a stale deadline.
     tx: VecDeque<u32>,
     ev: VecDeque<u32>,
@@ -287,7 +289,7 @@ impl Endpoint {
             connecting: 0,
             by_cid: BTreeMap::new(),
             by_peer: BTreeMap::new(),
-            timers: BTreeSet::new(),
+            timers: Deadlines::default(),
             tx: VecDeque::new(),
             ev: VecDeque::new(),
             touched: Vec::new(),
@@ -467,11 +469,11 @@ impl Endpoint {
         self.settle_touched();
         let mut due = std::mem::take(&mut self.due_scratch);
         due.clear();
-        while let Some(&(at, idx)) = self.timers.first() {
+        while let Some((at, idx)) = self.timers.first() {
             if at > now {
                 break;
             }
-            self.timers.pop_first();
+            self.timers.pop();
             if let Some(slot) = self.slots.get_mut(idx as usize) {
                 slot.timer = None;
             }
@@ -589,7 +591,7 @@ impl Endpoint {
     /// When [`handle_timeout`](Self::handle_timeout) must be called next, if ever.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.settle_touched();
-        self.timers.first().map(|&(at, _)| at)
+        self.timers.first().map(|(at, _)| at)
     }
 
     // ------------------------------------------------------------------ data
@@ -715,8 +717,8 @@ impl Endpoint {
             return;
         };
         slot.generation = slot.generation.wrapping_add(1);
-        if let Some(at) = slot.timer.take() {
-            self.timers.remove(&(at, idx));
+        if slot.timer.take().is_some() {
+            self.timers.remove(idx);
         }
         match entry {
             Entry::Connecting(c) => {
@@ -762,13 +764,8 @@ impl Endpoint {
         if slot.timer == want {
             return;
         }
-        if let Some(old) = slot.timer.take() {
-            self.timers.remove(&(old, idx));
-        }
-        if let Some(at) = want {
-            self.timers.insert((at, idx));
-        }
         slot.timer = want;
+        self.timers.set(idx, want);
     }
 
     /// Refreshes the deadlines of connections the application touched.
