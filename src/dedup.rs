@@ -68,12 +68,14 @@ impl DedupWindow {
     }
 
     /// The number of ids the window holds (a multiple of 64).
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.bits.len()
     }
 
     /// One past the highest id the window can accept: `base + capacity`, saturating at
     /// `u64::MAX`.
+    #[inline]
     pub fn end(&self) -> u64 {
         self.base.saturating_add(self.capacity() as u64)
     }
@@ -81,7 +83,7 @@ impl DedupWindow {
     /// Whether [`insert`](Self::insert) would accept `id`, without changing anything.
     pub fn check(&self, id: u64) -> Result<(), Rejection> {
         let offset = self.offset(id)?;
-        if self.bits[self.slot(offset)] {
+        if self.bit(self.slot(offset)) {
             return Err(Rejection::Duplicate);
         }
         Ok(())
@@ -91,17 +93,18 @@ impl DedupWindow {
     #[inline]
     pub fn contains(&self, id: u64) -> bool {
         match self.offset(id) {
-            Ok(offset) => self.bits[self.slot(offset)],
+            Ok(offset) => self.bit(self.slot(offset)),
             Err(Rejection::TooOld) => true,
             Err(_) => false,
         }
     }
 
     /// Marks `id` as seen, or says why it cannot be.
+    #[inline]
     pub fn insert(&mut self, id: u64) -> Result<(), Rejection> {
         let offset = self.offset(id)?;
         let slot = self.slot(offset);
-        if self.bits.replace(slot, true) {
+        if self.replace_bit(slot, true) {
             return Err(Rejection::Duplicate);
         }
         Ok(())
@@ -113,7 +116,7 @@ impl DedupWindow {
         match self.offset(id) {
             Ok(offset) => {
                 let slot = self.slot(offset);
-                self.bits.replace(slot, false)
+                self.replace_bit(slot, false)
             }
             Err(_) => false,
         }
@@ -121,11 +124,12 @@ impl DedupWindow {
 
     /// Moves the base forward past every inserted id at the front of the window (their bits
     /// are consumed); returns the new base.
+    #[inline]
     pub fn advance_contiguous(&mut self) -> u64 {
         // Fast path, the common case in order: no set bit, or a short run, at the front.
         let mut stepped = 0;
         while stepped < SHORT_STEP {
-            if !self.bits[self.head] {
+            if !self.bit(self.head) {
                 return self.base;
             }
             self.step();
@@ -143,6 +147,7 @@ impl DedupWindow {
     /// `[old base, new_base)` were *not* inserted: the gaps passed over.
     ///
     /// Costs O(capacity / 64) at most, even for a jump of 2^60.
+    #[inline]
     pub fn advance_to(&mut self, new_base: u64) -> u64 {
         if new_base <= self.base {
             return 0;
@@ -153,7 +158,7 @@ impl DedupWindow {
             // Fast path for the common small step: bit by bit.
             let mut gaps = 0;
             for _ in 0..delta {
-                if !self.bits[self.head] {
+                if !self.bit(self.head) {
                     gaps += 1;
                 }
                 self.step();
@@ -190,15 +195,43 @@ impl DedupWindow {
         self.bits.count_ones()
     }
 
+    /// The bit at `slot` (< capacity), read from its word directly: the single-bit path is
+    /// the hot one, and plain word arithmetic keeps it a few instructions.
+    #[inline]
+    fn bit(&self, slot: usize) -> bool {
+        self.bits
+            .as_raw_slice()
+            .get(slot / 64)
+            .is_some_and(|w| w >> (slot % 64) & 1 == 1)
+    }
+
+    /// Sets the bit at `slot` (< capacity) to `value`; returns its previous value.
+    #[inline]
+    fn replace_bit(&mut self, slot: usize, value: bool) -> bool {
+        let Some(w) = self.bits.as_raw_mut_slice().get_mut(slot / 64) else {
+            return false;
+        };
+        let mask = 1u64 << (slot % 64);
+        let old = *w & mask != 0;
+        if value {
+            *w |= mask;
+        } else {
+            *w &= !mask;
+        }
+        old
+    }
+
     /// Consumes the front slot: clears it and moves the base and head by one.
+    #[inline]
     fn step(&mut self) {
         let h = self.head;
-        self.bits.set(h, false);
+        self.replace_bit(h, false);
         self.head = if h + 1 == self.capacity() { 0 } else { h + 1 };
         self.base += 1;
     }
 
     /// The offset of `id` from the base if the window can hold it.
+    #[inline]
     fn offset(&self, id: u64) -> Result<usize, Rejection> {
         if id < self.base {
             return Err(Rejection::TooOld);
@@ -211,6 +244,7 @@ impl DedupWindow {
     }
 
     /// The ring slot of logical offset `offset` (`<= capacity`; `capacity` maps to `head`).
+    #[inline]
     fn slot(&self, offset: usize) -> usize {
         let i = self.head + offset;
         if i >= self.capacity() {
