@@ -81,7 +81,11 @@ pub struct Config {
     pub reassembly_timeout: Duration,
     /// RTT assumed before the first sample. Default 100 ms.
     pub initial_rtt: Duration,
-    /// Lower bound of the retransmission timeout (RFC 6298 RTO / RFC 9002 PTO). Default 10 ms.
+    /// Lower bound of the retransmission timeout (RFC 6298 RTO / RFC 9002 PTO). Default 1 ms,
+    /// the timer granularity: the probe timeout is then RFC 9002's
+    /// `SRTT + max(4 * RTTVAR, granularity) + max_ack_delay`. A higher floor makes every lost
+    /// acknowledgement at the end of a flight wait for it (10 ms cost about a third of the
+    /// goodput at 5% loss on a 50 us path).
     pub min_rto: Duration,
     /// Upper bound of the backed-off retransmission timeout. Default 2 s.
     pub max_rto: Duration,
@@ -134,7 +138,7 @@ impl Default for Config {
             max_partial_messages: 64,
             reassembly_timeout: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(100),
-            min_rto: Duration::from_millis(10),
+            min_rto: Duration::from_millis(1),
             max_rto: Duration::from_secs(2),
             max_ack_delay: Duration::from_millis(1),
             ack_eliciting_threshold: 2,
