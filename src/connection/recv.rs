@@ -388,6 +388,11 @@ impl Connection {
             self.hand_over(id, m.channel, m.guarantee, false, payload, false);
             return true;
         }
+        if self.rx.seen.contains(id + 1) {
+            // A later message arrived first: this one repairs a loss (or was reordered), and
+            // the sender is waiting for its acknowledgement. Do not hold it for the ack delay.
+            self.schedule_ack(now, true);
+        }
         let _ = self.rx.seen.insert(id);
         let accepted = match m.chan_seq {
             None => {

@@ -77,6 +77,37 @@ fn delivers_and_acknowledges_a_message() {
 }
 
 #[test]
+fn a_repair_is_acknowledged_without_the_ack_delay() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    let mut buf = [0u8; 1500];
+    // Message 0 was lost; message 1 arrives alone and is acknowledged after the ack delay.
+    c.handle_datagram(
+        now,
+        &datagram(0, &[message(Guarantee::ExactlyOnce, 1, b"b")]),
+    )
+    .unwrap();
+    assert!(c.poll_transmit(now, &mut buf).is_none());
+    let due = c.poll_timeout().unwrap();
+    c.handle_timeout(due);
+    assert!(c.poll_transmit(due, &mut buf).is_some());
+    // The retransmission of message 0, alone in an in-order packet: the sender is waiting
+    // for it, so it is acknowledged at once.
+    c.handle_datagram(
+        due,
+        &datagram(1, &[message(Guarantee::ExactlyOnce, 0, b"a")]),
+    )
+    .unwrap();
+    let n = c
+        .poll_transmit(due, &mut buf)
+        .expect("an immediate acknowledgement");
+    let (_, payload) = wire::open(&buf[..n], &Crc32).unwrap();
+    let frames: Vec<_> = wire::frames(payload).map(|f| f.unwrap()).collect();
+    assert!(matches!(frames[0], Frame::Ack(a) if a.largest == 1));
+    assert!(matches!(frames[1], Frame::MsgAck(m) if m.cumulative == 2));
+}
+
+#[test]
 fn copies_of_a_packet_and_of_a_message_are_suppressed() {
     let now = t0();
     let mut c = conn(Config::default(), now);
