@@ -7,7 +7,13 @@
 //! both ends until every message has its outcome at the sender (Delivered, or Undeliverable for
 //! at-most-once messages lost); virtual time jumps to the next timer whenever neither end has
 //! anything to send. Criterion reports messages per second; at the end of each case the bench
-//! prints messages/s and payload bytes/s over every iteration it ran.
+//! prints messages/s and payload bytes/s over every iteration it ran, and the virtual time a
+//! batch took. On this zero-delay link a lossless batch takes no virtual time at all: any
+//! virtual time is time spent waiting on a timer (ack delay, loss time threshold, probe
+//! timeout), which the wall-clock rate does not show.
+//!
+//! A second group runs exactly-once 64 B messages under each congestion controller
+//! (`NewReno`, `LossTolerant`, `None`), lossless and with 5% loss.
 #![allow(missing_docs)] // criterion_group! generates an undocumented `pub fn`
 #![allow(clippy::disallowed_methods)] // one real `Instant` as the origin of virtual time
 
@@ -16,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use surely::{Config, Connection, Event, Guarantee, Rng};
+use surely::{Config, CongestionControl, Connection, Event, Guarantee, Rng};
 
 /// Guard: most loop turns per batch (a stuck transfer panics instead of spinning).
 const MAX_TURNS: u64 = 50_000_000;
@@ -37,11 +43,13 @@ struct Outcome {
     delivered: u64,
     undeliverable: u64,
     received: u64,
+    /// Virtual time the batch took.
+    virtual_time: Duration,
 }
 
 impl Sides {
-    fn new(size: usize, loss: f64, start: Instant) -> Sides {
-        let config = Arc::new(Config::default());
+    fn new(size: usize, loss: f64, start: Instant, cc: CongestionControl) -> Sides {
+        let config = Arc::new(Config::default().congestion(cc));
         Sides {
             a: Connection::new(config.clone(), 1, 2, start).unwrap(),
             b: Connection::new(config, 2, 1, start).unwrap(),
@@ -59,6 +67,7 @@ impl Sides {
             self.a.send(self.now, &self.payload, g).expect("send");
         }
         let mut out = Outcome::default();
+        let began = self.now;
         let mut turns = 0u64;
         while out.delivered + out.undeliverable < count {
             turns += 1;
@@ -103,6 +112,7 @@ impl Sides {
                 self.b.handle_timeout(self.now);
             }
         }
+        out.virtual_time = self.now - began;
         out
     }
 }
@@ -113,6 +123,73 @@ fn name(g: Guarantee) -> &'static str {
         Guarantee::AtLeastOnce => "at-least-once",
         Guarantee::ExactlyOnce => "exactly-once",
     }
+}
+
+/// What one case measured over every iteration criterion ran.
+#[derive(Clone, Copy, Default)]
+struct Totals {
+    sent: u64,
+    delivered: u64,
+    received: u64,
+    batches: u64,
+    wall: Duration,
+    virtual_time: Duration,
+    /// The receiver's (bytes, datagrams) sent: nearly all acknowledgements.
+    rx_sent: (u64, u64),
+    /// The sender's (retransmissions, probes) during the batches.
+    recovery: (u64, u64),
+}
+
+impl Totals {
+    fn rate(&self) -> f64 {
+        self.sent as f64 / self.wall.as_secs_f64()
+    }
+
+    fn virtual_ms_per_batch(&self) -> f64 {
+        self.virtual_time.as_secs_f64() * 1e3 / self.batches.max(1) as f64
+    }
+}
+
+/// Runs one case in `group`; `None` when criterion filtered it out.
+fn run_case(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    (g, size, count, loss, cc): (Guarantee, usize, u64, f64, CongestionControl),
+    start: Instant,
+) -> Option<Totals> {
+    group.throughput(Throughput::Elements(count));
+    let totals = Cell::new(Totals::default());
+    group.bench_function(id, |b| {
+        let mut sides = Sides::new(size, loss, start, cc);
+        b.iter_custom(|iters| {
+            let mut took = Duration::ZERO;
+            for _ in 0..iters {
+                let before = sides.a.stats();
+                let t = Instant::now();
+                let o = sides.batch(g, count);
+                let dt = t.elapsed();
+                took += dt;
+                let after = sides.a.stats();
+                let mut tt = totals.get();
+                tt.recovery.0 += after.retransmissions - before.retransmissions;
+                tt.recovery.1 += after.probes - before.probes;
+                tt.sent += count;
+                tt.delivered += o.delivered;
+                tt.received += o.received;
+                tt.batches += 1;
+                tt.wall += dt;
+                tt.virtual_time += o.virtual_time;
+                totals.set(tt);
+            }
+            let rx = sides.b.stats();
+            let mut tt = totals.get();
+            tt.rx_sent = (rx.bytes_sent, rx.packets_sent);
+            totals.set(tt);
+            took
+        })
+    });
+    let t = totals.get();
+    (t.sent > 0).then_some(t)
 }
 
 fn bench_transfer(c: &mut Criterion) {
@@ -129,43 +206,21 @@ fn bench_transfer(c: &mut Criterion) {
                 Guarantee::AtLeastOnce,
                 Guarantee::ExactlyOnce,
             ] {
-                group.throughput(Throughput::Elements(count));
-                let totals = Cell::new((0u64, 0u64, 0u64, Duration::ZERO)); // sent, delivered, received, time
-                // The receiver's (bytes, datagrams) sent: nearly all acknowledgements.
-                let rx_stats = Cell::new((0u64, 0u64));
                 let id = BenchmarkId::new(name(g), format!("{size}B"));
-                group.bench_function(id, |b| {
-                    let mut sides = Sides::new(size, loss, start);
-                    b.iter_custom(|iters| {
-                        let mut took = Duration::ZERO;
-                        for _ in 0..iters {
-                            let t = Instant::now();
-                            let o = sides.batch(g, count);
-                            let dt = t.elapsed();
-                            took += dt;
-                            let (s, d, r, time) = totals.get();
-                            totals.set((s + count, d + o.delivered, r + o.received, time + dt));
-                        }
-                        let st = sides.b.stats();
-                        rx_stats.set((st.bytes_sent, st.packets_sent));
-                        took
-                    })
-                });
-                let (sent, delivered, received, time) = totals.get();
-                if sent == 0 {
+                let case = (g, size, count, loss, CongestionControl::NewReno);
+                let Some(t) = run_case(&mut group, id, case, start) else {
                     continue; // filtered out
-                }
-                let secs = time.as_secs_f64();
-                let rs = rx_stats.get();
+                };
                 let line = format!(
-                    "| {} | {size} B | {:.0}% | {:.0} | {:.1} | {:.1}% | {:.1}% | {:.0} |",
+                    "| {} | {size} B | {:.0}% | {:.0} | {:.1} | {:.1}% | {:.1}% | {:.0} | {:.2} |",
                     name(g),
                     loss * 100.0,
-                    sent as f64 / secs,
-                    (sent * size as u64) as f64 / secs / 1e6,
-                    100.0 * delivered as f64 / sent as f64,
-                    100.0 * received as f64 / sent as f64,
-                    rs.0 as f64 / rs.1.max(1) as f64,
+                    t.rate(),
+                    (t.sent * size as u64) as f64 / t.wall.as_secs_f64() / 1e6,
+                    100.0 * t.delivered as f64 / t.sent as f64,
+                    100.0 * t.received as f64 / t.sent as f64,
+                    t.rx_sent.0 as f64 / t.rx_sent.1.max(1) as f64,
+                    t.virtual_ms_per_batch(),
                 );
                 println!("transfer summary: {line}");
                 summary.push(line);
@@ -173,12 +228,54 @@ fn bench_transfer(c: &mut Criterion) {
         }
         group.finish();
     }
+
+    // Exactly-once 64 B under each congestion controller.
+    let mut by_controller = Vec::new();
+    let mut group = c.benchmark_group("transfer/controller");
+    group.sample_size(10);
+    for cc in [
+        CongestionControl::NewReno,
+        CongestionControl::LossTolerant,
+        CongestionControl::None,
+    ] {
+        for loss in [0.0, 0.05] {
+            let id = BenchmarkId::new(
+                format!("{cc:?}"),
+                format!("exactly-once/64B/loss_{}pct", (loss * 100.0) as u32),
+            );
+            let case = (Guarantee::ExactlyOnce, 64, 2_000, loss, cc);
+            let Some(t) = run_case(&mut group, id, case, start) else {
+                continue;
+            };
+            let line = format!(
+                "| {cc:?} | {:.0}% | {:.0} | {:.2} | {:.2} | {:.2} |",
+                loss * 100.0,
+                t.rate(),
+                t.virtual_ms_per_batch(),
+                t.recovery.0 as f64 / t.batches as f64,
+                t.recovery.1 as f64 / t.batches as f64,
+            );
+            println!("transfer controller: {line}");
+            by_controller.push(line);
+        }
+    }
+    group.finish();
+
     println!();
     println!(
-        "| guarantee | size | loss | messages/s | MB/s (payload) | Delivered | received | receiver B/datagram |"
+        "| guarantee | size | loss | messages/s | MB/s (payload) | Delivered | received | receiver B/datagram | virtual ms/batch |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for line in summary {
+        println!("{line}");
+    }
+    println!();
+    println!("exactly-once 64 B, 2,000 messages per batch:");
+    println!(
+        "| controller | loss | messages/s | virtual ms/batch | retransmissions/batch | probes/batch |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for line in by_controller {
         println!("{line}");
     }
 }
