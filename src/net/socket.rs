@@ -158,23 +158,23 @@ impl UdpSocket {
     /// skipped and counted in [`SendBatch::failed`].
     pub fn send_batch(&self, batch: &mut SendBatch) -> io::Result<usize> {
         let mut total = 0;
-        while batch.sent < batch.len {
-            match sys::send_batch(&self.io, batch, &self.gso) {
+        while batch.queue.sent < batch.queue.len {
+            match sys::send_batch(&self.io, &batch.queue, &mut batch.scratch, &self.gso) {
                 Ok(0) => break,
                 Ok(n) => {
-                    batch.sent += n;
+                    batch.queue.sent += n;
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     // One datagram the kernel will never take: skip it, keep the rest.
-                    batch.sent += 1;
+                    batch.queue.sent += 1;
                     batch.failed += 1;
                 }
             }
         }
-        if batch.sent == batch.len {
+        if batch.queue.sent == batch.queue.len {
             batch.clear();
         }
         Ok(total)
@@ -199,6 +199,9 @@ pub struct RecvBatch {
     datagrams: Vec<Received>,
     /// Messages the last receive got from the kernel (fewer than datagrams when coalesced).
     messages: usize,
+    /// The system call's own arrays (headers, addresses, control messages), kept between
+    /// calls so that a receive does not clear kilobytes of them each time.
+    scratch: sys::RecvScratch,
 }
 
 impl RecvBatch {
@@ -224,6 +227,7 @@ impl RecvBatch {
             capacity,
             datagrams: Vec::with_capacity(entries),
             messages: 0,
+            scratch: sys::RecvScratch::new(capacity.min(MAX_BATCH)),
         }
     }
 
@@ -257,13 +261,31 @@ impl RecvBatch {
 /// Datagrams waiting to be sent, in buffers allocated once.
 #[derive(Debug)]
 pub struct SendBatch {
+    queue: Queue,
+    failed: u64,
+    /// The system call's own arrays, kept between calls (see [`RecvBatch`]'s).
+    scratch: sys::SendScratch,
+}
+
+/// The datagrams of a [`SendBatch`]: apart from its scratch arrays so that a send can read
+/// the one while filling the other.
+#[derive(Debug)]
+struct Queue {
     data: Vec<u8>,
     slot: usize,
     lens: Vec<usize>,
     addrs: Vec<SocketAddr>,
+    /// Datagrams queued.
     len: usize,
+    /// Of those, the ones already sent (or skipped as refused).
     sent: usize,
-    failed: u64,
+}
+
+impl Queue {
+    fn datagram(&self, i: usize) -> (SocketAddr, &[u8]) {
+        let start = i * self.slot;
+        (self.addrs[i], &self.data[start..start + self.lens[i]])
+    }
 }
 
 impl SendBatch {
@@ -271,24 +293,27 @@ impl SendBatch {
     pub fn new(capacity: usize, slot: usize) -> SendBatch {
         let capacity = capacity.max(1);
         SendBatch {
-            data: vec![0; capacity * slot],
-            slot,
-            lens: vec![0; capacity],
-            addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); capacity],
-            len: 0,
-            sent: 0,
+            queue: Queue {
+                data: vec![0; capacity * slot],
+                slot,
+                lens: vec![0; capacity],
+                addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); capacity],
+                len: 0,
+                sent: 0,
+            },
             failed: 0,
+            scratch: sys::SendScratch::new(capacity),
         }
     }
 
     /// Whether no more datagrams fit.
     pub fn is_full(&self) -> bool {
-        self.len == self.lens.len()
+        self.queue.len == self.queue.lens.len()
     }
 
     /// Datagrams queued and not yet sent.
     pub fn pending(&self) -> usize {
-        self.len - self.sent
+        self.queue.len - self.queue.sent
     }
 
     /// Datagrams the kernel refused outright since the batch was created.
@@ -302,26 +327,23 @@ impl SendBatch {
         if self.is_full() {
             return None;
         }
-        let start = self.len * self.slot;
-        Some(&mut self.data[start..start + self.slot])
+        let q = &mut self.queue;
+        let start = q.len * q.slot;
+        Some(&mut q.data[start..start + q.slot])
     }
 
     /// Commits the slot returned by `slot_mut`: `len` bytes to `to`.
     pub fn push(&mut self, to: SocketAddr, len: usize) {
-        debug_assert!(!self.is_full() && len <= self.slot);
-        self.lens[self.len] = len.min(self.slot);
-        self.addrs[self.len] = to;
-        self.len += 1;
+        debug_assert!(!self.is_full() && len <= self.queue.slot);
+        let q = &mut self.queue;
+        q.lens[q.len] = len.min(q.slot);
+        q.addrs[q.len] = to;
+        q.len += 1;
     }
 
     fn clear(&mut self) {
-        self.len = 0;
-        self.sent = 0;
-    }
-
-    fn datagram(&self, i: usize) -> (SocketAddr, &[u8]) {
-        let start = i * self.slot;
-        (self.addrs[i], &self.data[start..start + self.lens[i]])
+        self.queue.len = 0;
+        self.queue.sent = 0;
     }
 }
 
@@ -331,13 +353,13 @@ mod sys {
     //! `recvmmsg`/`sendmmsg`: one system call for a whole batch, with `UDP_SEGMENT` (GSO) and
     //! `UDP_GRO` control messages when the socket uses them.
 
-    use std::io;
     use std::mem::{size_of, zeroed};
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
     use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::{fmt, io};
 
-    use super::{MAX_BATCH, MAX_SEGMENTS, Received, RecvBatch, SendBatch};
+    use super::{MAX_BATCH, MAX_SEGMENTS, Queue, Received, RecvBatch};
 
     /// From `linux/udp.h` (the `libc` crate defines them for some Linux targets only).
     const UDP_SEGMENT: libc::c_int = 103;
@@ -404,25 +426,108 @@ mod sys {
         ret == 0
     }
 
+    /// The arrays `recvmmsg` reads and fills, one entry per message: allocated with the
+    /// batch and reused, each call (re)initialising the entries it hands to the kernel.
+    pub struct RecvScratch {
+        names: Box<[libc::sockaddr_storage]>,
+        iovs: Box<[libc::iovec]>,
+        hdrs: Box<[libc::mmsghdr]>,
+        ctrl: Box<[CmsgBuf]>,
+    }
+
+    impl RecvScratch {
+        /// Room for `entries` messages per call.
+        pub fn new(entries: usize) -> RecvScratch {
+            RecvScratch {
+                // SAFETY: all-zero bytes are a valid value for these plain C structs.
+                names: vec![unsafe { zeroed() }; entries].into_boxed_slice(),
+                // SAFETY: as above.
+                iovs: vec![unsafe { zeroed() }; entries].into_boxed_slice(),
+                // SAFETY: as above.
+                hdrs: vec![unsafe { zeroed() }; entries].into_boxed_slice(),
+                ctrl: vec![CmsgBuf([0; CMSG_BUF]); entries].into_boxed_slice(),
+            }
+        }
+    }
+
+    /// The scratch arrays of a send: addresses, iovecs (several per segmented message),
+    /// headers, control messages and the runs they describe.
+    pub struct SendScratch {
+        names: Box<[libc::sockaddr_storage]>,
+        iovs: Box<[libc::iovec]>,
+        hdrs: Box<[libc::mmsghdr]>,
+        ctrl: Box<[CmsgBuf]>,
+        /// Per message: first iovec, datagrams, segment size, address length.
+        runs: Box<[(usize, usize, usize, libc::socklen_t)]>,
+    }
+
+    impl SendScratch {
+        /// Room for the messages of a batch of `capacity` datagrams.
+        pub fn new(capacity: usize) -> SendScratch {
+            let msgs = capacity.min(MAX_BATCH);
+            SendScratch {
+                // SAFETY: all-zero bytes are a valid value for these plain C structs.
+                names: vec![unsafe { zeroed() }; msgs].into_boxed_slice(),
+                // SAFETY: as above.
+                iovs: vec![unsafe { zeroed() }; capacity.min(MAX_SEND_IOVS)].into_boxed_slice(),
+                // SAFETY: as above.
+                hdrs: vec![unsafe { zeroed() }; msgs].into_boxed_slice(),
+                ctrl: vec![CmsgBuf([0; CMSG_BUF]); msgs].into_boxed_slice(),
+                runs: vec![(0, 0, 0, 0); msgs].into_boxed_slice(),
+            }
+        }
+    }
+
+    // SAFETY: the only non-`Send`/`Sync` parts of the scratch arrays are the raw pointers inside the iovecs and headers. They are written, and handed to the kernel,
+    // only within one `recv_batch`/`send_batch` call that holds the batch mutably, and
+    // rewritten before every such call; nothing ever dereferences them between calls. So
+    // moving or sharing a scratch across threads moves or shares plain bytes.
+    unsafe impl Send for RecvScratch {}
+    // SAFETY: as above.
+    unsafe impl Sync for RecvScratch {}
+    // SAFETY: as above.
+    unsafe impl Send for SendScratch {}
+    // SAFETY: as above.
+    unsafe impl Sync for SendScratch {}
+
+    impl fmt::Debug for RecvScratch {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("RecvScratch")
+                .field("entries", &self.hdrs.len())
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl fmt::Debug for SendScratch {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("SendScratch")
+                .field("messages", &self.hdrs.len())
+                .field("iovs", &self.iovs.len())
+                .finish_non_exhaustive()
+        }
+    }
+
     pub fn recv_batch(sock: &mio::net::UdpSocket, batch: &mut RecvBatch) -> io::Result<usize> {
-        let n = batch.capacity.min(MAX_BATCH);
-        // SAFETY: all-zero bytes are a valid value for these plain C structs.
-        let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
-        let mut ctrl = [CmsgBuf([0; CMSG_BUF]); MAX_BATCH];
+        let s = &mut batch.scratch;
+        // As many messages as the scratch has entries: min(capacity, MAX_BATCH).
+        let n = s.hdrs.len();
         let slot = batch.slot;
         let base = batch.data.as_mut_ptr();
-        for (i, iov) in iovs[..n].iter_mut().enumerate() {
+        for (i, iov) in s.iovs.iter_mut().enumerate() {
             // In bounds: data holds capacity * slot bytes and i < n <= capacity.
             iov.iov_base = base.wrapping_add(i * slot).cast();
             iov.iov_len = slot;
         }
-        // From here on the arrays are only reached through these pointers (and by the kernel).
-        let (names_p, iovs_p, ctrl_p) = (names.as_mut_ptr(), iovs.as_mut_ptr(), ctrl.as_mut_ptr());
-        for (i, h) in hdrs[..n].iter_mut().enumerate() {
+        // From here on the arrays are only reached through these pointers (and by the kernel)
+        // until the call returns. Every field the kernel reads is set below for each entry
+        // (the others are never written and stay zero); `msg_namelen` and `msg_controllen`
+        // must be reset since the last call's kernel shortened them.
+        let (names_p, iovs_p, ctrl_p) = (
+            s.names.as_mut_ptr(),
+            s.iovs.as_mut_ptr(),
+            s.ctrl.as_mut_ptr(),
+        );
+        for (i, h) in s.hdrs.iter_mut().enumerate() {
             let h = &mut h.msg_hdr;
             h.msg_name = names_p.wrapping_add(i).cast();
             h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -431,13 +536,14 @@ mod sys {
             h.msg_control = ctrl_p.wrapping_add(i).cast();
             h.msg_controllen = CMSG_BUF as _;
         }
-        // SAFETY: every header points at a live iovec, sockaddr_storage and control buffer of
-        // this frame (of the sizes given), and each iovec at a distinct `slot`-byte region of
-        // `batch.data`, which outlives the call. The fd is a valid open socket owned by `sock`.
+        // SAFETY: each of the `n` headers points at its own live iovec, sockaddr_storage and
+        // control buffer in the batch's scratch (of the sizes given), and each iovec at a
+        // distinct `slot`-byte region of `batch.data`; all outlive the call. The fd is a
+        // valid open socket owned by `sock`.
         let got = unsafe {
             libc::recvmmsg(
                 sock.as_raw_fd(),
-                hdrs.as_mut_ptr(),
+                s.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -448,8 +554,8 @@ mod sys {
         }
         let got = got as usize;
         batch.messages = got;
-        for (i, h) in hdrs[..got].iter().enumerate() {
-            let Some(addr) = to_socket_addr(&names[i]) else {
+        for (i, h) in s.hdrs[..got].iter().enumerate() {
+            let Some(addr) = to_socket_addr(&s.names[i]) else {
                 continue;
             };
             let start = i * slot;
@@ -513,13 +619,14 @@ mod sys {
     /// 0 gives `EINVAL` either way), and the next call tries segmenting again.
     pub fn send_batch(
         sock: &mio::net::UdpSocket,
-        batch: &SendBatch,
+        queue: &Queue,
+        scratch: &mut SendScratch,
         gso: &AtomicBool,
     ) -> io::Result<usize> {
         if !gso.load(Ordering::Relaxed) {
-            return send_plain(sock, batch);
+            return send_plain(sock, queue, scratch);
         }
-        let (err, segments) = match send_segmented(sock, batch) {
+        let (err, segments) = match send_segmented(sock, queue, scratch) {
             Ok(n) => return Ok(n),
             Err(e) => e,
         };
@@ -531,7 +638,7 @@ mod sys {
             // Not a segmented message, or no verdict on segmentation: as for a plain send.
             return Err(err);
         }
-        let plain = send_plain(sock, batch);
+        let plain = send_plain(sock, queue, scratch);
         let refused = matches!(
             err.raw_os_error(),
             Some(libc::EINVAL | libc::ENOPROTOOPT | libc::EIO | libc::EMSGSIZE)
@@ -549,24 +656,17 @@ mod sys {
     /// datagrams the first (refused) message held.
     fn send_segmented(
         sock: &mio::net::UdpSocket,
-        batch: &SendBatch,
+        queue: &Queue,
+        s: &mut SendScratch,
     ) -> Result<usize, (io::Error, usize)> {
-        // SAFETY: all-zero bytes are a valid value for these plain C structs.
-        let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut iovs: [libc::iovec; MAX_SEND_IOVS] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
-        let mut ctrl = [CmsgBuf([0; CMSG_BUF]); MAX_BATCH];
-        // Per message: first iovec, datagrams, segment size, address length.
-        let mut runs = [(0usize, 0usize, 0usize, 0 as libc::socklen_t); MAX_BATCH];
-        let (mut msgs, mut iov_count, mut next) = (0, 0, batch.sent);
-        while next < batch.len && msgs < MAX_BATCH && iov_count < MAX_SEND_IOVS {
-            let (addr, first) = batch.datagram(next);
+        let (max_msgs, max_iovs) = (s.hdrs.len(), s.iovs.len());
+        let (mut msgs, mut iov_count, mut next) = (0, 0, queue.sent);
+        while next < queue.len && msgs < max_msgs && iov_count < max_iovs {
+            let (addr, first) = queue.datagram(next);
             let segment = first.len();
-            let room = (MAX_SEND_IOVS - iov_count).min(MAX_SEGMENTS);
+            let room = (max_iovs - iov_count).min(MAX_SEGMENTS);
             let (mut count, mut total) = (0, 0);
-            for (to, data) in (next..batch.len).map(|i| batch.datagram(i)) {
+            for (to, data) in (next..queue.len).map(|i| queue.datagram(i)) {
                 let fits = count == 0
                     || (to == addr
                         && !data.is_empty()
@@ -575,7 +675,7 @@ mod sys {
                 if count == room || !fits {
                     break;
                 }
-                iovs[iov_count + count] = libc::iovec {
+                s.iovs[iov_count + count] = libc::iovec {
                     iov_base: data.as_ptr() as *mut libc::c_void,
                     iov_len: data.len(),
                 };
@@ -585,87 +685,104 @@ mod sys {
                     break; // a shorter datagram ends the run (and empty ones stay alone)
                 }
             }
-            let namelen = from_socket_addr(addr, &mut names[msgs]);
-            runs[msgs] = (iov_count, count, segment, namelen);
+            let namelen = from_socket_addr(addr, &mut s.names[msgs]);
+            s.runs[msgs] = (iov_count, count, segment, namelen);
             msgs += 1;
             iov_count += count;
             next += count;
         }
-        // From here on the arrays are only reached through these pointers (and by the kernel).
-        let (names_p, iovs_p, ctrl_p) = (names.as_mut_ptr(), iovs.as_mut_ptr(), ctrl.as_mut_ptr());
+        // From here on the arrays are only reached through these pointers (and by the kernel)
+        // until the call returns. Every field the kernel reads is set below for each message
+        // sent (the others are never written and stay zero), since the scratch still holds
+        // the previous call's values.
+        let (names_p, iovs_p, ctrl_p) = (
+            s.names.as_mut_ptr(),
+            s.iovs.as_mut_ptr(),
+            s.ctrl.as_mut_ptr(),
+        );
         for (i, (h, &(first, count, segment, namelen))) in
-            hdrs.iter_mut().zip(&runs).take(msgs).enumerate()
+            s.hdrs.iter_mut().zip(&*s.runs).take(msgs).enumerate()
         {
             let h = &mut h.msg_hdr;
             h.msg_name = names_p.wrapping_add(i).cast();
             h.msg_namelen = namelen;
             h.msg_iov = iovs_p.wrapping_add(first);
             h.msg_iovlen = count as _;
-            if count > 1 {
-                h.msg_control = ctrl_p.wrapping_add(i).cast();
-                h.msg_controllen = GSO_CMSG_SPACE as _;
-                // SAFETY: `msg_control` points at this message's zeroed, aligned `CmsgBuf`
-                // of CMSG_BUF >= GSO_CMSG_SPACE bytes, so CMSG_FIRSTHDR returns a non-null
-                // pointer to a `cmsghdr` at its start, and CMSG_DATA a pointer inside it with
-                // room for the u16 (CMSG_SPACE(2) bytes in all); CMSG_LEN only computes.
-                unsafe {
-                    let c = libc::CMSG_FIRSTHDR(h);
-                    (*c).cmsg_level = libc::SOL_UDP;
-                    (*c).cmsg_type = UDP_SEGMENT;
-                    (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
-                    // Runs of more than one total at most MAX_GSO_BYTES, so this fits a u16.
-                    libc::CMSG_DATA(c)
-                        .cast::<u16>()
-                        .write_unaligned(segment as u16);
-                }
+            if count == 1 {
+                h.msg_control = std::ptr::null_mut();
+                h.msg_controllen = 0;
+                continue;
+            }
+            h.msg_control = ctrl_p.wrapping_add(i).cast();
+            h.msg_controllen = GSO_CMSG_SPACE as _;
+            // SAFETY: `msg_control` points at this message's aligned `CmsgBuf` of
+            // CMSG_BUF >= GSO_CMSG_SPACE bytes, so CMSG_FIRSTHDR returns a non-null pointer
+            // to a `cmsghdr` at its start, and CMSG_DATA a pointer inside it with room for
+            // the u16 (CMSG_SPACE(2) bytes in all); CMSG_LEN only computes. The three header
+            // fields and the data are all the kernel reads (the padding was zeroed at
+            // allocation and is never written).
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(h);
+                (*c).cmsg_level = libc::SOL_UDP;
+                (*c).cmsg_type = UDP_SEGMENT;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                // Runs of more than one total at most MAX_GSO_BYTES, so this fits a u16.
+                libc::CMSG_DATA(c)
+                    .cast::<u16>()
+                    .write_unaligned(segment as u16);
             }
         }
-        // SAFETY: every header points at a live address, run of iovecs and (for runs)
-        // control message of this frame; each iovec points into `batch.data`, borrowed for
-        // the whole call; the kernel only reads them. The fd is a valid open socket.
+        // SAFETY: each of the first `msgs` headers points at a live address, run of iovecs
+        // and (for runs) control message in the batch's scratch; each iovec points into
+        // `queue.data`, borrowed for the whole call; the kernel only reads them. The fd is a
+        // valid open socket.
         let sent = unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),
-                hdrs.as_mut_ptr(),
+                s.hdrs.as_mut_ptr(),
                 msgs as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
         if sent < 0 {
-            return Err((io::Error::last_os_error(), runs[0].1));
+            return Err((io::Error::last_os_error(), s.runs[0].1));
         }
-        Ok(runs[..sent as usize].iter().map(|r| r.1).sum())
+        Ok(s.runs[..sent as usize].iter().map(|r| r.1).sum())
     }
 
-    fn send_plain(sock: &mio::net::UdpSocket, batch: &SendBatch) -> io::Result<usize> {
-        let n = (batch.len - batch.sent).min(MAX_BATCH);
-        // SAFETY: all-zero bytes are a valid value for these plain C structs.
-        let mut names: [libc::sockaddr_storage; MAX_BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut iovs: [libc::iovec; MAX_BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
-        let mut hdrs: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
-        let mut lens = [0 as libc::socklen_t; MAX_BATCH];
+    fn send_plain(
+        sock: &mio::net::UdpSocket,
+        queue: &Queue,
+        s: &mut SendScratch,
+    ) -> io::Result<usize> {
+        let n = (queue.len - queue.sent).min(s.hdrs.len());
         for i in 0..n {
-            let (addr, data) = batch.datagram(batch.sent + i);
-            lens[i] = from_socket_addr(addr, &mut names[i]);
-            iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
-            iovs[i].iov_len = data.len();
+            let (addr, data) = queue.datagram(queue.sent + i);
+            // `runs[i].3`: the address length, as in `send_segmented`.
+            s.runs[i].3 = from_socket_addr(addr, &mut s.names[i]);
+            s.iovs[i].iov_base = data.as_ptr() as *mut libc::c_void;
+            s.iovs[i].iov_len = data.len();
         }
-        // From here on the arrays are only reached through these pointers (and by the kernel).
-        let (names_p, iovs_p) = (names.as_mut_ptr(), iovs.as_mut_ptr());
-        for (i, h) in hdrs[..n].iter_mut().enumerate() {
-            h.msg_hdr.msg_name = names_p.wrapping_add(i).cast();
-            h.msg_hdr.msg_namelen = lens[i];
-            h.msg_hdr.msg_iov = iovs_p.wrapping_add(i);
-            h.msg_hdr.msg_iovlen = 1;
+        // From here on the arrays are only reached through these pointers (and by the kernel);
+        // every field the kernel reads is set for each of the `n` headers, as in
+        // `send_segmented`.
+        let (names_p, iovs_p) = (s.names.as_mut_ptr(), s.iovs.as_mut_ptr());
+        for (i, h) in s.hdrs[..n].iter_mut().enumerate() {
+            let h = &mut h.msg_hdr;
+            h.msg_name = names_p.wrapping_add(i).cast();
+            h.msg_namelen = s.runs[i].3;
+            h.msg_iov = iovs_p.wrapping_add(i);
+            h.msg_iovlen = 1;
+            h.msg_control = std::ptr::null_mut();
+            h.msg_controllen = 0;
         }
-        // SAFETY: every header points at a live iovec and address of this frame; each iovec
-        // points into `batch.data`, borrowed for the whole call; the kernel only reads them.
+        // SAFETY: each of the first `n` headers points at a live iovec and address in the
+        // batch's scratch; each iovec points into `queue.data`, borrowed for the whole call;
+        // the kernel only reads them. The fd is a valid open socket.
         let sent = unsafe {
             libc::sendmmsg(
                 sock.as_raw_fd(),
-                hdrs.as_mut_ptr(),
+                s.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
@@ -717,6 +834,8 @@ mod sys {
                 s.sin_addr = libc::in_addr {
                     s_addr: u32::from(*a.ip()).to_be(),
                 };
+                // The storage is reused: clear what an earlier IPv6 address left here.
+                s.sin_zero = [0; 8];
                 size_of::<libc::sockaddr_in>() as libc::socklen_t
             }
             SocketAddr::V6(a) => {
@@ -743,7 +862,27 @@ mod sys {
     use std::io;
     use std::sync::atomic::AtomicBool;
 
-    use super::{Received, RecvBatch, SendBatch};
+    use super::{Queue, Received, RecvBatch};
+
+    /// Nothing to keep between calls here.
+    #[derive(Debug)]
+    pub struct RecvScratch;
+
+    impl RecvScratch {
+        pub fn new(_entries: usize) -> RecvScratch {
+            RecvScratch
+        }
+    }
+
+    /// Nothing to keep between calls here.
+    #[derive(Debug)]
+    pub struct SendScratch;
+
+    impl SendScratch {
+        pub fn new(_capacity: usize) -> SendScratch {
+            SendScratch
+        }
+    }
 
     /// No offloads here.
     pub fn gso_supported(_socket: &socket2::Socket) -> bool {
@@ -774,10 +913,11 @@ mod sys {
 
     pub fn send_batch(
         sock: &mio::net::UdpSocket,
-        batch: &SendBatch,
+        queue: &Queue,
+        _scratch: &mut SendScratch,
         _gso: &AtomicBool,
     ) -> io::Result<usize> {
-        let (addr, data) = batch.datagram(batch.sent);
+        let (addr, data) = queue.datagram(queue.sent);
         sock.send_to(data, addr).map(|_| 1)
     }
 }
