@@ -194,19 +194,26 @@ impl Driver {
     /// the socket is readable or a timeout passed; calling more often is harmless.
     pub fn process(&mut self) -> io::Result<()> {
         self.receive()?;
+        // One clock reading for the timers and the sends after them: nothing that takes
+        // long happens in between. (`receive` reads the clock per batch it gets, and only
+        // then, so a turn that finds no datagram, the usual busy-poll turn, reads it once.)
         let now = Instant::now();
         if now >= self.next_rotation {
             self.endpoint.rotate_secret(now, random_secret());
             self.next_rotation = now + self.endpoint.config().secret_rotation_period;
         }
         self.endpoint.handle_timeout(now);
-        self.flush()
+        self.flush_at(now)
     }
 
     /// Sends everything the endpoint has ready (after the application sent messages). If the
     /// socket buffer is full the rest stays queued for the next call.
     pub fn flush(&mut self) -> io::Result<()> {
-        let now = Instant::now();
+        self.flush_at(Instant::now())
+    }
+
+    /// [`flush`](Self::flush) with the time already read.
+    fn flush_at(&mut self, now: Instant) -> io::Result<()> {
         loop {
             if self.out.pending() > 0 {
                 self.send_pending()?;
