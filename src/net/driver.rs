@@ -101,10 +101,16 @@ pub struct DriverStats {
     pub recv_calls: u64,
     /// Datagrams received.
     pub datagrams_in: u64,
+    /// Messages received from the kernel: fewer than `datagrams_in` when the kernel coalesced
+    /// datagrams (GRO, see [`UdpSocket::gro_enabled`]).
+    pub messages_in: u64,
     /// Send system calls.
     pub send_calls: u64,
     /// Datagrams sent.
     pub datagrams_out: u64,
+    /// Messages handed to the kernel: fewer than `datagrams_out` when segmentation offload
+    /// sent several datagrams as one (GSO, see [`UdpSocket::gso_enabled`]).
+    pub messages_out: u64,
     /// Datagrams the kernel refused outright.
     pub send_failures: u64,
 }
@@ -163,6 +169,11 @@ impl Driver {
     /// System-call counters.
     pub fn stats(&self) -> &DriverStats {
         &self.stats
+    }
+
+    /// The socket, e.g. to see whether it uses the kernel's offloads.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
     }
 
     /// Starts a handshake with a server.
@@ -283,6 +294,7 @@ impl Driver {
             }
             self.stats.recv_calls += 1;
             self.stats.datagrams_in += n as u64;
+            self.stats.messages_in += self.inb.messages() as u64;
             let now = Instant::now();
             for i in 0..n {
                 if let Some((from, data)) = self.inb.get(i) {
@@ -296,10 +308,11 @@ impl Driver {
     }
 
     fn send_pending(&mut self) -> io::Result<()> {
-        let failed = self.out.failed();
+        let (failed, messages) = (self.out.failed(), self.out.messages_sent());
         let sent = self.socket.send_batch(&mut self.out)?;
         self.stats.send_calls += 1;
         self.stats.datagrams_out += sent as u64;
+        self.stats.messages_out += self.out.messages_sent() - messages;
         self.stats.send_failures += self.out.failed() - failed;
         Ok(())
     }

@@ -160,9 +160,10 @@ impl UdpSocket {
         let mut total = 0;
         while batch.queue.sent < batch.queue.len {
             match sys::send_batch(&self.io, &batch.queue, &mut batch.scratch, &self.gso) {
-                Ok(0) => break,
-                Ok(n) => {
+                Ok((0, _)) => break,
+                Ok((n, messages)) => {
                     batch.queue.sent += n;
+                    batch.messages += messages as u64;
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -246,6 +247,12 @@ impl RecvBatch {
         self.datagrams.is_empty()
     }
 
+    /// Messages the last `recv_batch` got from the kernel: fewer than [`len`](Self::len)
+    /// when GRO coalesced datagrams.
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
     /// Datagram `i`: its source and bytes.
     pub fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
         let d = self.datagrams.get(i)?;
@@ -263,6 +270,8 @@ impl RecvBatch {
 pub struct SendBatch {
     queue: Queue,
     failed: u64,
+    /// Messages handed to the kernel, see [`messages_sent`](Self::messages_sent).
+    messages: u64,
     /// The system call's own arrays, kept between calls (see [`RecvBatch`]'s).
     scratch: sys::SendScratch,
 }
@@ -302,6 +311,7 @@ impl SendBatch {
                 sent: 0,
             },
             failed: 0,
+            messages: 0,
             scratch: sys::SendScratch::new(capacity),
         }
     }
@@ -319,6 +329,12 @@ impl SendBatch {
     /// Datagrams the kernel refused outright since the batch was created.
     pub fn failed(&self) -> u64 {
         self.failed
+    }
+
+    /// Messages the kernel took since the batch was created: fewer than the datagrams sent
+    /// when segmentation offload (GSO) put several datagrams in one.
+    pub fn messages_sent(&self) -> u64 {
+        self.messages
     }
 
     /// The next free slot, to be filled and then committed with [`push`](Self::push).
@@ -617,14 +633,16 @@ mod sys {
     /// `EIO`, `EMSGSIZE`) and the plain send gets through, segmentation stops for good; if
     /// the plain send fails too, the datagram, not segmentation, may be at fault (e.g. port
     /// 0 gives `EINVAL` either way), and the next call tries segmenting again.
+    ///
+    /// Returns the datagrams sent and the messages they went in.
     pub fn send_batch(
         sock: &mio::net::UdpSocket,
         queue: &Queue,
         scratch: &mut SendScratch,
         gso: &AtomicBool,
-    ) -> io::Result<usize> {
+    ) -> io::Result<(usize, usize)> {
         if !gso.load(Ordering::Relaxed) {
-            return send_plain(sock, queue, scratch);
+            return send_plain(sock, queue, scratch).map(|n| (n, n));
         }
         let (err, segments) = match send_segmented(sock, queue, scratch) {
             Ok(n) => return Ok(n),
@@ -638,12 +656,12 @@ mod sys {
             // Not a segmented message, or no verdict on segmentation: as for a plain send.
             return Err(err);
         }
-        let plain = send_plain(sock, queue, scratch);
+        let plain = send_plain(sock, queue, scratch).map(|n| (n, n));
         let refused = matches!(
             err.raw_os_error(),
             Some(libc::EINVAL | libc::ENOPROTOOPT | libc::EIO | libc::EMSGSIZE)
         );
-        if refused && matches!(plain, Ok(n) if n > 0) {
+        if refused && matches!(plain, Ok((n, _)) if n > 0) {
             gso.store(false, Ordering::Relaxed);
             log::info!("UDP segmentation offload refused ({err}): sending datagrams one by one");
         }
@@ -652,13 +670,13 @@ mod sys {
 
     /// One `sendmmsg` with one message per run of datagrams to the same destination with the
     /// same size (the last may be shorter), each run carrying its segment size in a
-    /// `UDP_SEGMENT` control message. Returns the datagrams sent, or the error with how many
-    /// datagrams the first (refused) message held.
+    /// `UDP_SEGMENT` control message. Returns the datagrams sent and the messages they went
+    /// in, or the error with how many datagrams the first (refused) message held.
     fn send_segmented(
         sock: &mio::net::UdpSocket,
         queue: &Queue,
         s: &mut SendScratch,
-    ) -> Result<usize, (io::Error, usize)> {
+    ) -> Result<(usize, usize), (io::Error, usize)> {
         let (max_msgs, max_iovs) = (s.hdrs.len(), s.iovs.len());
         let (mut msgs, mut iov_count, mut next) = (0, 0, queue.sent);
         while next < queue.len && msgs < max_msgs && iov_count < max_iovs {
@@ -747,7 +765,8 @@ mod sys {
         if sent < 0 {
             return Err((io::Error::last_os_error(), s.runs[0].1));
         }
-        Ok(s.runs[..sent as usize].iter().map(|r| r.1).sum())
+        let sent = sent as usize;
+        Ok((s.runs[..sent].iter().map(|r| r.1).sum(), sent))
     }
 
     fn send_plain(
@@ -916,9 +935,9 @@ mod sys {
         queue: &Queue,
         _scratch: &mut SendScratch,
         _gso: &AtomicBool,
-    ) -> io::Result<usize> {
+    ) -> io::Result<(usize, usize)> {
         let (addr, data) = queue.datagram(queue.sent);
-        sock.send_to(data, addr).map(|_| 1)
+        sock.send_to(data, addr).map(|_| (1, 1))
     }
 }
 
