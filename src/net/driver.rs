@@ -301,7 +301,9 @@ impl Driver {
                     self.endpoint.handle_datagram(now, from, data);
                 }
             }
-            if n < self.inb.capacity() {
+            // Fewer messages than asked for: the socket is empty. (With GRO `n` counts the
+            // datagrams, which can exceed the capacity without the batch being full.)
+            if self.inb.messages() < self.inb.capacity() {
                 return Ok(());
             }
         }
