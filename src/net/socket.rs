@@ -571,7 +571,7 @@ mod sys {
         let got = got as usize;
         batch.messages = got;
         for (i, h) in s.hdrs[..got].iter().enumerate() {
-            let Some(addr) = to_socket_addr(&s.names[i]) else {
+            let Some(addr) = to_socket_addr(&s.names[i], h.msg_hdr.msg_namelen) else {
                 continue;
             };
             let start = i * slot;
@@ -812,8 +812,15 @@ mod sys {
         Ok(sent as usize)
     }
 
-    fn to_socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    /// The address the kernel wrote, `len` bytes of `s`. The storage is reused between
+    /// calls, so an address shorter than its family needs (which UDP never gives) would be
+    /// partly an earlier one: `None`.
+    fn to_socket_addr(s: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+        let len = len as usize;
         match s.ss_family as libc::c_int {
+            _ if len < size_of::<libc::sa_family_t>() => None,
+            libc::AF_INET if len < size_of::<libc::sockaddr_in>() => None,
+            libc::AF_INET6 if len < size_of::<libc::sockaddr_in6>() => None,
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in, and
                 // sockaddr_storage is large and aligned enough for it.
