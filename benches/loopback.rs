@@ -21,6 +21,12 @@
 //! progress, and reported). The means over all iterations and the crate/raw ratios are printed
 //! at the end, and so are the crate's datagrams per message and per kernel message (GSO/GRO).
 //!
+//! Raw UDP runs twice: `raw` receives into the driver's batch (64 KiB slots, so GRO is on where
+//! the kernel has it, as for the crate), `raw-no-gro` into 2 KiB slots, one datagram per
+//! receive entry. Both send with GSO where the kernel has it, like the driver. On loopback GSO
+//! and GRO let the kernel move up to 64 datagrams as one, so `raw` is the same-syscalls
+//! baseline and `raw-no-gro` the per-datagram one.
+//!
 //! **Round-trip time** (own timed loop, after criterion): ping-pong of 64 B messages, the
 //! receiver echoing each one (the crate: an exactly-once message answered by an exactly-once
 //! message; raw: a datagram answered by a datagram). 1,000 warm-up pings, then 20,000 timed
@@ -338,7 +344,9 @@ struct Raw {
 }
 
 impl Raw {
-    fn bind() -> Raw {
+    /// `recv_slot`: [`GRO_SLOT`] for the driver's receive batch (GRO on where the kernel has
+    /// it), [`PLAIN_SLOT`] for one datagram per receive entry.
+    fn bind(recv_slot: usize) -> Raw {
         let mut sock = UdpSocket::bind(loopback(), &SocketOptions::default()).expect("bind");
         let poll = Poll::new().expect("poll");
         poll.registry()
@@ -348,7 +356,7 @@ impl Raw {
             sock,
             poll,
             events: Events::with_capacity(8),
-            inb: RecvBatch::new(BATCH, 2048),
+            inb: RecvBatch::new(BATCH, recv_slot),
             out: SendBatch::new(BATCH, 2048),
         }
     }
@@ -394,9 +402,9 @@ impl Raw {
     }
 }
 
-fn raw_peer(wait: Wait, role: Role) -> Peer {
+fn raw_peer(wait: Wait, role: Role, recv_slot: usize) -> Peer {
     Peer::spawn(move |tx, stop| {
-        let mut raw = Raw::bind();
+        let mut raw = Raw::bind(recv_slot);
         tx.send(raw.sock.local_addr()).unwrap();
         let end = Instant::now() + THREAD_LIMIT;
         let mut received = 0u64;
@@ -508,13 +516,19 @@ fn raw_ping(raw: &mut Raw, to: SocketAddr, wait: Wait, payload: &[u8]) -> Durati
 
 // ---------------------------------------------------------------------------------- benches
 
+/// Receive slots of the driver's batch: large enough for a GRO super-datagram.
+const GRO_SLOT: usize = 65_536;
+/// Receive slots for one plain datagram each (GRO stays off).
+const PLAIN_SLOT: usize = 2_048;
+
 /// Messages per iteration for a message size.
 fn batch_len(size: usize) -> u64 {
     if size <= 64 { 2_000 } else { 1_000 }
 }
 
 fn bench_throughput(c: &mut Criterion) {
-    let mut results = Vec::new(); // (wait, size, crate msgs/s, raw msgs/s, raw lost)
+    // (wait, size, crate msgs/s, [raw msgs/s with GRO, without], raw (lost, sent))
+    let mut results = Vec::new();
     for wait in [Wait::Blocking, Wait::BusyPoll] {
         let mut g = c.benchmark_group(format!("loopback/{}", wait.name()));
         g.sample_size(10);
@@ -558,12 +572,17 @@ fn bench_throughput(c: &mut Criterion) {
                 }
             }
 
-            let raw_total = Cell::new((0u64, Duration::ZERO));
-            let mut sender = RawSender::default();
+            let mut raw_rates = [0.0f64; 2];
+            let mut raw_lost = (0u64, 0u64);
+            for (k, (name, slot)) in [("raw", GRO_SLOT), ("raw-no-gro", PLAIN_SLOT)]
+                .into_iter()
+                .enumerate()
             {
-                let server = raw_peer(wait, Role::Sink);
-                let mut raw = Raw::bind();
-                g.bench_function(BenchmarkId::new("raw", format!("{size}B")), |b| {
+                let raw_total = Cell::new((0u64, Duration::ZERO));
+                let mut sender = RawSender::default();
+                let server = raw_peer(wait, Role::Sink, slot);
+                let mut raw = Raw::bind(slot);
+                g.bench_function(BenchmarkId::new(name, format!("{size}B")), |b| {
                     b.iter_custom(|iters| {
                         let mut took = Duration::ZERO;
                         for _ in 0..iters {
@@ -582,23 +601,22 @@ fn bench_throughput(c: &mut Criterion) {
                     })
                 });
                 println!(
-                    "raw sender ({}, {size} B): {} datagrams in {} kernel messages (GSO {})",
+                    "{name} sender ({}, {size} B): {} datagrams in {} kernel messages (GSO {})",
                     wait.name(),
                     sender.sent,
                     raw.out.messages_sent(),
                     if raw.sock.gso_enabled() { "on" } else { "off" },
                 );
+                let (n, t) = raw_total.get();
+                if n > 0 {
+                    raw_rates[k] = n as f64 / t.as_secs_f64();
+                }
+                raw_lost.0 += sender.lost;
+                raw_lost.1 += sender.sent;
             }
-            let rate = |(n, t): (u64, Duration)| n as f64 / t.as_secs_f64();
-            if crate_total.get().0 > 0 && raw_total.get().0 > 0 {
-                results.push((
-                    wait,
-                    size,
-                    rate(crate_total.get()),
-                    rate(raw_total.get()),
-                    sender.lost,
-                    sender.sent,
-                ));
+            let (n, t) = crate_total.get();
+            if n > 0 && raw_rates.iter().all(|&r| r > 0.0) {
+                results.push((wait, size, n as f64 / t.as_secs_f64(), raw_rates, raw_lost));
             }
         }
         g.finish();
@@ -609,16 +627,17 @@ fn bench_throughput(c: &mut Criterion) {
     println!();
     println!("loopback throughput (mean over every iteration run, warm-up included):");
     println!(
-        "| wait | size | crate msgs/s | raw msgs/s | crate/raw | crate MB/s | raw MB/s | raw lost |"
+        "| wait | size | crate msgs/s | raw msgs/s (GRO) | crate/raw | raw msgs/s (no GRO) | \
+         crate/raw (no GRO) | crate MB/s | raw lost |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    for (wait, size, c, r, lost, sent) in results {
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (wait, size, c, [r, plain], (lost, sent)) in results {
         println!(
-            "| {} | {size} B | {c:.0} | {r:.0} | {:.3} | {:.1} | {:.1} | {lost} of {sent} |",
+            "| {} | {size} B | {c:.0} | {r:.0} | {:.3} | {plain:.0} | {:.3} | {:.1} | {lost} of {sent} |",
             wait.name(),
             c / r,
+            c / plain,
             c * size as f64 / 1e6,
-            r * size as f64 / 1e6,
         );
     }
 }
@@ -663,8 +682,8 @@ fn rtt() {
         }
         let mut raw_h = LatencyHistogram::new();
         if only != "crate" {
-            let server = raw_peer(wait, Role::Echo);
-            let mut raw = Raw::bind();
+            let server = raw_peer(wait, Role::Echo, GRO_SLOT);
+            let mut raw = Raw::bind(GRO_SLOT);
             for i in 0..warm + count {
                 let d = raw_ping(&mut raw, server.addr, wait, &payload);
                 if i >= warm {
