@@ -47,6 +47,8 @@ pub struct DedupWindow {
     bits: BitVec<u64, Lsb0>,
     /// Slot of `base`; always `< capacity`.
     head: usize,
+    /// Number of set bits, so that an empty window answers in O(1).
+    ones: usize,
 }
 
 impl DedupWindow {
@@ -58,6 +60,7 @@ impl DedupWindow {
             base,
             bits: BitVec::repeat(false, capacity),
             head: 0,
+            ones: 0,
         }
     }
 
@@ -166,8 +169,9 @@ impl DedupWindow {
             return gaps;
         }
         let gaps = if delta >= capacity as u64 {
-            let set = self.bits.count_ones() as u64;
+            let set = self.ones as u64;
             self.bits.fill(false);
+            self.ones = 0;
             self.head = 0;
             delta - set
         } else {
@@ -175,6 +179,7 @@ impl DedupWindow {
             let d = delta as usize;
             let set = self.count(0, d);
             self.clear(0, d);
+            self.ones -= set;
             self.head = self.slot(d);
             (d - set) as u64
         };
@@ -192,7 +197,7 @@ impl DedupWindow {
 
     /// The number of inserted ids inside the window.
     pub fn count_set(&self) -> usize {
-        self.bits.count_ones()
+        self.ones
     }
 
     /// The bit at `slot` (< capacity), read from its word directly: the single-bit path is
@@ -217,6 +222,11 @@ impl DedupWindow {
             *w |= mask;
         } else {
             *w &= !mask;
+        }
+        match (old, value) {
+            (false, true) => self.ones += 1,
+            (true, false) => self.ones -= 1,
+            _ => {}
         }
         old
     }
@@ -315,7 +325,7 @@ impl Iterator for SetRanges<'_> {
 
     fn next(&mut self) -> Option<Range<u64>> {
         let w = self.window;
-        if self.pos >= w.capacity() {
+        if w.ones == 0 || self.pos >= w.capacity() {
             return None;
         }
         let Some(start) = w.find(self.pos, true) else {
