@@ -50,6 +50,16 @@ pub(crate) const HELD_ENTRY_COST: usize = 64;
 /// the application is not polling.
 pub(crate) const QUEUED_EVENT_COST: usize = 64;
 
+/// What a message under reassembly counts against `recv_buffer_bytes`: its bytes, one byte per
+/// fragment for the map of those received, and the `Message` event it becomes, so that
+/// completing it never takes the receiver past the limit.
+#[inline]
+pub(crate) const fn partial_cost(total_len: usize, fragments: usize) -> usize {
+    total_len
+        .saturating_add(fragments)
+        .saturating_add(QUEUED_EVENT_COST)
+}
+
 /// Whether a received ACK frame with `ranges` ranges (the first included) is within
 /// [`MAX_ACK_RANGES`].
 #[inline]

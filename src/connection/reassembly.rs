@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::limits::ConnectionLimits;
+use crate::limits::{ConnectionLimits, partial_cost};
 use crate::message::Guarantee;
 use crate::wire::{Fragment, MessageFrame};
 
@@ -65,7 +65,7 @@ pub(super) struct Discarded {
 #[derive(Debug)]
 pub(super) struct Reassembly {
     partials: Vec<Partial>,
-    /// Bytes allocated to partial messages.
+    /// What the partial messages count against the receive buffer (see [`partial_cost`]).
     bytes: usize,
 }
 
@@ -77,7 +77,7 @@ impl Reassembly {
         }
     }
 
-    /// Bytes held by partial messages.
+    /// What the partial messages count against the receive buffer (see [`partial_cost`]).
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -124,12 +124,13 @@ impl Reassembly {
             Some(i) => i,
             None => {
                 let total = frag.total_len as usize;
+                let cost = partial_cost(total, frag.count as usize);
                 if !limits.admit_partial(self.partials.len())
-                    || !limits.admit_recv_bytes(buffered, total)
+                    || !limits.admit_recv_bytes(buffered, cost)
                 {
                     return FragmentOutcome::NoRoom;
                 }
-                self.bytes += total;
+                self.bytes += cost;
                 self.partials.push(Partial {
                     space,
                     id: frame.id,
@@ -158,7 +159,7 @@ impl Reassembly {
             return FragmentOutcome::Stored;
         }
         let done = self.partials.swap_remove(idx);
-        self.bytes -= done.data.len();
+        self.bytes -= partial_cost(done.data.len(), done.received.len());
         FragmentOutcome::Complete(done.data)
     }
 
@@ -206,7 +207,7 @@ impl Reassembly {
 
     fn discard(&mut self, idx: usize) -> Discarded {
         let p = self.partials.swap_remove(idx);
-        self.bytes -= p.data.len();
+        self.bytes -= partial_cost(p.data.len(), p.received.len());
         Discarded {
             space: p.space,
             id: p.id,
@@ -271,7 +272,7 @@ mod tests {
             r.on_fragment(now, Space::Reliable, &f, fr, &caps(4, 1 << 20), 0),
             FragmentOutcome::Duplicate
         ));
-        assert_eq!(r.bytes(), 1000);
+        assert_eq!(r.bytes(), partial_cost(1000, 4));
         let (f, fr) = frag(&data, 5, 4, 1);
         match r.on_fragment(now, Space::Reliable, &f, fr, &caps(4, 1 << 20), 0) {
             FragmentOutcome::Complete(bytes) => assert_eq!(bytes, data),
