@@ -77,6 +77,16 @@ pub struct Config {
     pub recv_buffer_bytes: usize,
     /// Partial messages under reassembly at once. Default 64.
     pub max_partial_messages: usize,
+    /// Most ranges in one ACK frame this end sends (the highest ones; a peer accepts at most
+    /// [`MAX_ACK_RANGES`](crate::wire::MAX_ACK_RANGES)). Default 64, range 1..=64.
+    pub max_ack_ranges: usize,
+    /// Most ranges in one MSG_ACK frame this end sends (the lowest ones; a peer accepts at
+    /// most [`MAX_MSG_ACK_RANGES`](crate::wire::MAX_MSG_ACK_RANGES)). Default 64, range
+    /// 1..=64.
+    pub max_msg_ack_ranges: usize,
+    /// Received packet-number ranges remembered for acknowledgements and duplicate detection;
+    /// past it the lowest range is forgotten. Default 256, range `max_ack_ranges..=65536`.
+    pub ack_ranges_tracked: usize,
     /// A partial message with no new fragment for this long is discarded. Default 10 s.
     pub reassembly_timeout: Duration,
     /// RTT assumed before the first sample. Default 100 ms.
@@ -136,6 +146,9 @@ impl Default for Config {
             send_buffer_bytes: 8 << 20,
             recv_buffer_bytes: 8 << 20,
             max_partial_messages: 64,
+            max_ack_ranges: crate::limits::MAX_ACK_RANGES,
+            max_msg_ack_ranges: crate::limits::MAX_MSG_ACK_RANGES,
+            ack_ranges_tracked: crate::limits::RECEIVED_PN_RANGES,
             reassembly_timeout: Duration::from_secs(10),
             initial_rtt: Duration::from_millis(100),
             min_rto: Duration::from_millis(1),
@@ -190,6 +203,12 @@ impl Config {
         recv_buffer_bytes: usize;
         /// Sets [`Config::max_partial_messages`].
         max_partial_messages: usize;
+        /// Sets [`Config::max_ack_ranges`].
+        max_ack_ranges: usize;
+        /// Sets [`Config::max_msg_ack_ranges`].
+        max_msg_ack_ranges: usize;
+        /// Sets [`Config::ack_ranges_tracked`].
+        ack_ranges_tracked: usize;
         /// Sets [`Config::reassembly_timeout`].
         reassembly_timeout: Duration;
         /// Sets [`Config::initial_rtt`].
@@ -260,6 +279,18 @@ impl Config {
         }
         if self.max_pending_messages == 0 {
             return bad("max_pending_messages", "must be at least 1");
+        }
+        if !(1..=crate::limits::MAX_ACK_RANGES).contains(&self.max_ack_ranges) {
+            return bad("max_ack_ranges", "must be within 1..=64");
+        }
+        if !(1..=crate::limits::MAX_MSG_ACK_RANGES).contains(&self.max_msg_ack_ranges) {
+            return bad("max_msg_ack_ranges", "must be within 1..=64");
+        }
+        if !(self.max_ack_ranges..=65_536).contains(&self.ack_ranges_tracked) {
+            return bad(
+                "ack_ranges_tracked",
+                "must be within max_ack_ranges..=65536",
+            );
         }
         if self.max_partial_messages == 0 {
             return bad("max_partial_messages", "must be at least 1");
@@ -357,6 +388,20 @@ mod tests {
             (
                 Config::default().initial_message_id(1 << 62),
                 "initial_message_id",
+            ),
+            (Config::default().max_ack_ranges(0), "max_ack_ranges"),
+            (Config::default().max_ack_ranges(65), "max_ack_ranges"),
+            (
+                Config::default().max_msg_ack_ranges(65),
+                "max_msg_ack_ranges",
+            ),
+            (
+                Config::default().ack_ranges_tracked(63),
+                "ack_ranges_tracked",
+            ),
+            (
+                Config::default().ack_ranges_tracked(65_537),
+                "ack_ranges_tracked",
             ),
         ];
         for (config, field) in cases {

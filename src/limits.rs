@@ -28,7 +28,8 @@ pub const MAX_COOKIE_LEN: usize = 64;
 
 // ---------------------------------------------------------------------------- per connection
 
-/// Packet-number ranges a receiver remembers for acknowledgements and duplicate detection.
+/// Default of [`Config::ack_ranges_tracked`]: packet-number ranges a receiver remembers for
+/// acknowledgements and duplicate detection.
 pub(crate) const RECEIVED_PN_RANGES: usize = 256;
 /// Packet numbers kept for duplicate detection below what the peer knows we received; older
 /// packets are dropped as stale.
@@ -183,12 +184,13 @@ impl ConnectionLimits {
 
 // ---------------------------------------------------------------------------- per endpoint
 
-/// Most handshake packets (RETRY, ACCEPT, REFUSE) waiting for `poll_transmit`; beyond, answers
-/// are dropped (counted in
+/// Default of [`EndpointConfig::max_queued_handshake_packets`]: handshake packets (RETRY,
+/// ACCEPT, REFUSE) waiting for `poll_transmit`; beyond, answers are dropped (counted in
 /// [`EndpointStats::dropped_queue_full`](crate::endpoint::EndpointStats::dropped_queue_full)).
 pub const MAX_QUEUED_HANDSHAKE_PACKETS: usize = 1024;
-/// Most [`EndpointEvent::Refused`](crate::EndpointEvent::Refused) events waiting for
-/// `poll_event`; beyond, they are only counted
+/// Default of [`EndpointConfig::max_queued_refused_events`]:
+/// [`EndpointEvent::Refused`](crate::EndpointEvent::Refused) events waiting for `poll_event`;
+/// beyond, they are only counted
 /// ([`EndpointStats::events_dropped`](crate::endpoint::EndpointStats::events_dropped)).
 pub const MAX_QUEUED_REFUSED_EVENTS: usize = 1024;
 /// Most RETRYs a client follows in one handshake; later ones are ignored.
@@ -199,6 +201,8 @@ pub const MAX_RETRIES_FOLLOWED: u32 = 4;
 #[derive(Clone, Debug)]
 pub(crate) struct EndpointLimits {
     max_connections: usize,
+    max_queued_handshake_packets: usize,
+    max_queued_refused_events: usize,
     handshakes: RateLimiter,
 }
 
@@ -206,6 +210,8 @@ impl EndpointLimits {
     pub(crate) fn new(config: &EndpointConfig) -> Self {
         EndpointLimits {
             max_connections: config.max_connections,
+            max_queued_handshake_packets: config.max_queued_handshake_packets,
+            max_queued_refused_events: config.max_queued_refused_events,
             handshakes: RateLimiter::new(config.max_handshakes_per_sec, config.handshake_burst),
         }
     }
@@ -224,16 +230,16 @@ impl EndpointLimits {
         self.handshakes.try_take(now)
     }
 
-    /// One more handshake packet beside `queued`: within [`MAX_QUEUED_HANDSHAKE_PACKETS`].
+    /// One more handshake packet beside `queued`: within `max_queued_handshake_packets`.
     #[inline]
-    pub(crate) fn admit_handshake_packet(queued: usize) -> bool {
-        queued < MAX_QUEUED_HANDSHAKE_PACKETS
+    pub(crate) fn admit_handshake_packet(&self, queued: usize) -> bool {
+        queued < self.max_queued_handshake_packets
     }
 
-    /// One more Refused event beside `queued`: within [`MAX_QUEUED_REFUSED_EVENTS`].
+    /// One more Refused event beside `queued`: within `max_queued_refused_events`.
     #[inline]
-    pub(crate) fn admit_refused_event(queued: usize) -> bool {
-        queued < MAX_QUEUED_REFUSED_EVENTS
+    pub(crate) fn admit_refused_event(&self, queued: usize) -> bool {
+        queued < self.max_queued_refused_events
     }
 
     /// Following one more RETRY after `followed`: within [`MAX_RETRIES_FOLLOWED`].
@@ -349,13 +355,21 @@ mod tests {
         assert!(!l.admit_handshake(t0));
         assert!(l.admit_handshake(t0 + Duration::from_secs(1)));
         let q = MAX_QUEUED_HANDSHAKE_PACKETS;
-        assert!(EndpointLimits::admit_handshake_packet(q - 1));
-        assert!(!EndpointLimits::admit_handshake_packet(q));
-        assert!(!EndpointLimits::admit_handshake_packet(q + 1));
+        assert!(l.admit_handshake_packet(q - 1));
+        assert!(!l.admit_handshake_packet(q));
+        assert!(!l.admit_handshake_packet(q + 1));
         let q = MAX_QUEUED_REFUSED_EVENTS;
-        assert!(EndpointLimits::admit_refused_event(q - 1));
-        assert!(!EndpointLimits::admit_refused_event(q));
-        assert!(!EndpointLimits::admit_refused_event(q + 1));
+        assert!(l.admit_refused_event(q - 1));
+        assert!(!l.admit_refused_event(q));
+        assert!(!l.admit_refused_event(q + 1));
+        let small = EndpointLimits::new(
+            &EndpointConfig::default()
+                .max_queued_handshake_packets(3)
+                .max_queued_refused_events(0),
+        );
+        assert!(small.admit_handshake_packet(2));
+        assert!(!small.admit_handshake_packet(3));
+        assert!(!small.admit_refused_event(0));
         let r = MAX_RETRIES_FOLLOWED;
         assert!(EndpointLimits::admit_retry(r - 1));
         assert!(!EndpointLimits::admit_retry(r));

@@ -22,7 +22,7 @@ use crate::config::{AckMode, Config};
 use crate::dedup::DedupWindow;
 use crate::error::DatagramError;
 use crate::event::{AckToken, Event, Received};
-use crate::limits::{ConnectionLimits, QUEUED_EVENT_COST, RECEIVED_PN_RANGES};
+use crate::limits::{ConnectionLimits, QUEUED_EVENT_COST};
 use crate::message::Guarantee;
 use crate::rangeset::RangeSet;
 use crate::seq::{MessageId, PacketNumber};
@@ -91,7 +91,7 @@ impl RecvState {
     pub fn new(config: &Config) -> Self {
         let first = config.initial_message_id;
         RecvState {
-            received: RangeSet::new(RECEIVED_PN_RANGES),
+            received: RangeSet::new(config.ack_ranges_tracked),
             largest: None,
             pn_floor: config.initial_packet_number,
             ack_floor: config.initial_packet_number,

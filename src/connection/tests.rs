@@ -465,3 +465,28 @@ fn a_packet_with_more_frames_than_the_inline_array_takes_full_effect() {
         assert_eq!((id, payload), (i as u64, vec![i as u8]));
     }
 }
+
+#[test]
+fn ack_frames_carry_at_most_max_ack_ranges_and_track_ack_ranges_tracked() {
+    // Every other packet number arrives: each one is a range of its own.
+    let now = t0();
+    let config = Config::default().max_ack_ranges(3).ack_ranges_tracked(5);
+    let mut c = conn(config, now);
+    for pn in (0..20).step_by(2) {
+        c.handle_datagram(now, &datagram(pn, &[Frame::Ping]))
+            .unwrap();
+    }
+    assert_eq!(c.rx.received.iter().count(), 5);
+    let mut buf = [0u8; 1500];
+    let n = c.poll_transmit(now, &mut buf).unwrap();
+    let (_, payload) = wire::open(&buf[..n], &Crc32).unwrap();
+    let ack = wire::frames(payload)
+        .map(|f| f.unwrap())
+        .find_map(|f| match f {
+            Frame::Ack(a) => Some(a),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(ack.largest, 18);
+    assert_eq!(ack.range_count(), 3);
+}

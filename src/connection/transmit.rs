@@ -205,7 +205,7 @@ impl Connection {
         });
         let floor = self.rx.ack_floor;
         let upto = self.rx.received.max().map_or(0, |m| m + 1);
-        let mut n = crate::limits::MAX_ACK_RANGES;
+        let mut n = self.config.max_ack_ranges;
         while n > 0 {
             let ranges = self
                 .rx
@@ -232,7 +232,7 @@ impl Connection {
     fn write_msg_ack(&mut self, w: &mut Writer<'_>) -> bool {
         let cum = self.rx.done.base();
         let limit = self.rx.limit;
-        let mut n = crate::limits::MAX_MSG_ACK_RANGES;
+        let mut n = self.config.max_msg_ack_ranges;
         loop {
             let ranges = self.rx.done.set_ranges().take(n);
             if wire::msg_ack_frame_len(cum, limit, ranges.clone()) <= w.remaining() {

@@ -57,6 +57,16 @@ pub struct EndpointConfig {
     /// Whether the endpoint accepts incoming connections (a server). If not, an INITIAL gets
     /// REFUSE (not accepting). Default true.
     pub accept_incoming: bool,
+    /// Handshake packets (RETRY, ACCEPT, REFUSE, INITIAL) waiting for `poll_transmit`; past it
+    /// new ones are dropped and counted. Default
+    /// [`MAX_QUEUED_HANDSHAKE_PACKETS`](super::MAX_QUEUED_HANDSHAKE_PACKETS) (1024), range
+    /// 1..=1_000_000.
+    pub max_queued_handshake_packets: usize,
+    /// [`Refused`](super::EndpointEvent::Refused) events waiting for `poll_event`; past it
+    /// they are only counted. Default
+    /// [`MAX_QUEUED_REFUSED_EVENTS`](super::MAX_QUEUED_REFUSED_EVENTS) (1024), range
+    /// 0..=1_000_000.
+    pub max_queued_refused_events: usize,
     /// Seed of the endpoint's random generator (connection ids are drawn from it, keyed with
     /// the secret). Default 0.
     pub rng_seed: u64,
@@ -76,6 +86,8 @@ impl Default for EndpointConfig {
             handshake_timeout: Duration::from_millis(250),
             handshake_retries: 4,
             accept_incoming: true,
+            max_queued_handshake_packets: crate::limits::MAX_QUEUED_HANDSHAKE_PACKETS,
+            max_queued_refused_events: crate::limits::MAX_QUEUED_REFUSED_EVENTS,
             rng_seed: 0,
             transport: Config::default(),
         }
@@ -115,6 +127,10 @@ impl EndpointConfig {
         handshake_retries: u32;
         /// Sets [`EndpointConfig::accept_incoming`].
         accept_incoming: bool;
+        /// Sets [`EndpointConfig::max_queued_handshake_packets`].
+        max_queued_handshake_packets: usize;
+        /// Sets [`EndpointConfig::max_queued_refused_events`].
+        max_queued_refused_events: usize;
         /// Sets [`EndpointConfig::rng_seed`].
         rng_seed: u64;
         /// Sets [`EndpointConfig::transport`].
@@ -149,6 +165,12 @@ impl EndpointConfig {
         if self.handshake_retries > 16 {
             return bad("handshake_retries", "must be at most 16");
         }
+        if !(1..=1_000_000).contains(&self.max_queued_handshake_packets) {
+            return bad("max_queued_handshake_packets", "must be within 1..=1000000");
+        }
+        if self.max_queued_refused_events > 1_000_000 {
+            return bad("max_queued_refused_events", "must be at most 1000000");
+        }
         self.transport.validate()
     }
 }
@@ -180,6 +202,14 @@ mod tests {
             ),
             (d().handshake_timeout(Duration::ZERO), "handshake_timeout"),
             (d().handshake_retries(17), "handshake_retries"),
+            (
+                d().max_queued_handshake_packets(0),
+                "max_queued_handshake_packets",
+            ),
+            (
+                d().max_queued_refused_events(1_000_001),
+                "max_queued_refused_events",
+            ),
             (d().transport(Config::default().window(1)), "window"),
         ];
         for (config, field) in cases {

@@ -783,7 +783,7 @@ impl Endpoint {
 
     /// Queues a handshake packet; `false` if the queue is full.
     fn queue(&mut self, out: Outgoing) -> bool {
-        if !EndpointLimits::admit_handshake_packet(self.outgoing.len()) {
+        if !self.limits.admit_handshake_packet(self.outgoing.len()) {
             self.stats.dropped_queue_full += 1;
             return false;
         }

@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use super::{Endpoint, EndpointEvent, Entry, Open, Outgoing};
 use crate::connection::Connection;
-use crate::limits::EndpointLimits;
 use crate::wire::{RefuseReason, TransportParams};
 
 /// The fields of a received INITIAL that an answer needs.
@@ -143,7 +142,7 @@ impl Endpoint {
             return;
         }
         self.stats.handshakes_refused += 1;
-        if EndpointLimits::admit_refused_event(self.refused_events) {
+        if self.limits.admit_refused_event(self.refused_events) {
             self.refused_events += 1;
             self.events.push_back(EndpointEvent::Refused {
                 remote: i.from,
