@@ -263,12 +263,15 @@ impl Config {
                 "exceeds max_fragments times the fragment size of max_datagram_size",
             );
         }
-        if self.max_message_size > self.send_buffer_bytes
-            || self.max_message_size > self.recv_buffer_bytes
+        if self.max_message_size > self.send_buffer_bytes {
+            return bad("max_message_size", "must not exceed send_buffer_bytes");
+        }
+        if crate::limits::largest_message_cost(self.max_message_size, self.max_fragments)
+            > self.recv_buffer_bytes
         {
             return bad(
-                "max_message_size",
-                "must not exceed send_buffer_bytes or recv_buffer_bytes",
+                "recv_buffer_bytes",
+                "must hold the largest message: max_message_size + max_fragments + 64",
             );
         }
         if !(MIN_WINDOW..=1 << 24).contains(&self.window) {
@@ -407,5 +410,22 @@ mod tests {
         for (config, field) in cases {
             assert_eq!(config.validate().unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn receive_buffer_must_hold_the_largest_message_with_its_fragment_map_and_event() {
+        let base = Config::default().max_message_size(4000).max_fragments(4);
+        let need = 4000 + 4 + 64;
+        base.clone().recv_buffer_bytes(need).validate().unwrap();
+        base.clone().recv_buffer_bytes(need + 1).validate().unwrap();
+        let err = base
+            .clone()
+            .recv_buffer_bytes(need - 1)
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "recv_buffer_bytes");
+        // Equal to the message size alone is not enough: the message's event costs too.
+        let err = base.recv_buffer_bytes(4000).validate().unwrap_err();
+        assert_eq!(err.field, "recv_buffer_bytes");
     }
 }

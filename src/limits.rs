@@ -61,6 +61,14 @@ pub(crate) const fn partial_cost(total_len: usize, fragments: usize) -> usize {
         .saturating_add(QUEUED_EVENT_COST)
 }
 
+/// What the largest message a peer may send counts against `recv_buffer_bytes` at its peak:
+/// [`partial_cost`] of `max_message_size` cut into `max_fragments` fragments. A smaller
+/// receive buffer could never take that message in, so `Config::validate` refuses it.
+#[inline]
+pub(crate) const fn largest_message_cost(max_message_size: usize, max_fragments: u32) -> usize {
+    partial_cost(max_message_size, max_fragments as usize)
+}
+
 /// Whether a received ACK frame with `ranges` ranges (the first included) is within
 /// [`MAX_ACK_RANGES`].
 #[inline]

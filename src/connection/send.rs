@@ -518,8 +518,9 @@ impl Connection {
             self.amo_floor_acked = self.amo_floor_acked.max(pkt.amo_floor);
         }
         if pkt.ack_upto > self.rx.ack_floor {
-            // The peer heard of every packet we received below `ack_upto`. Keep the ranges a
-            // while longer for duplicate detection, then let them go.
+            // The peer heard of our ACK up to `ack_upto` (the highest `max_ack_ranges` ranges
+            // below it): stop reporting below. Keep the ranges a while longer for duplicate
+            // detection, then let them go.
             self.rx.ack_floor = pkt.ack_upto;
             let keep_from = pkt
                 .ack_upto

@@ -490,3 +490,53 @@ fn ack_frames_carry_at_most_max_ack_ranges_and_track_ack_ranges_tracked() {
     assert_eq!(ack.largest, 18);
     assert_eq!(ack.range_count(), 3);
 }
+
+#[test]
+fn the_largest_message_fits_a_receive_buffer_at_its_validated_minimum() {
+    // max_fragments 4: the validated minimum is 1000 + 4 + 64.
+    let now = t0();
+    let cfg = Config::default()
+        .max_message_size(1000)
+        .max_fragments(4)
+        .recv_buffer_bytes(1000 + 4 + 64);
+    cfg.validate().unwrap();
+    let mut c = conn(cfg, now);
+    let payload = vec![7u8; 1000];
+    c.handle_datagram(
+        now,
+        &datagram(0, &[message(Guarantee::ExactlyOnce, 0, &payload)]),
+    )
+    .unwrap();
+    assert_eq!(messages(&mut c), vec![(0, payload)]);
+}
+
+#[test]
+fn the_largest_fragmented_message_fits_a_receive_buffer_at_its_validated_minimum() {
+    use crate::wire::Fragment;
+    let now = t0();
+    let cfg = Config::default()
+        .max_message_size(4000)
+        .max_fragments(4)
+        .recv_buffer_bytes(4000 + 4 + 64);
+    cfg.validate().unwrap();
+    let mut c = conn(cfg, now);
+    let data: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
+    // Out of order, so that the message is partial for three datagrams.
+    for (pn, index) in [3u64, 0, 2, 1].into_iter().enumerate() {
+        let r = Fragment::byte_range(4000, 4, index).unwrap();
+        let f = Frame::Message(MessageFrame {
+            guarantee: Guarantee::ExactlyOnce,
+            channel: 0,
+            id: 0,
+            chan_seq: None,
+            fragment: Some(Fragment {
+                total_len: 4000,
+                count: 4,
+                index,
+            }),
+            payload: &data[r.start as usize..r.end as usize],
+        });
+        c.handle_datagram(now, &datagram(pn as u32, &[f])).unwrap();
+    }
+    assert_eq!(messages(&mut c), vec![(0, data)]);
+}

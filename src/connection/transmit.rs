@@ -204,6 +204,10 @@ impl Connection {
             now.saturating_duration_since(t).as_micros() as u64
         });
         let floor = self.rx.ack_floor;
+        // Once a packet carrying this ACK is acknowledged, packets below `upto` are no longer
+        // reported, even those in lower ranges that did not fit (RFC 9000 section 13.2.4: stop
+        // at the Largest Acknowledged of an acknowledged ACK). The sender has declared such
+        // packets lost long before, and their messages are retransmitted until MSG_ACKed.
         let upto = self.rx.received.max().map_or(0, |m| m + 1);
         let mut n = self.config.max_ack_ranges;
         while n > 0 {
