@@ -6,7 +6,8 @@
 
 use std::ops::Range;
 
-use bitvec::prelude::{BitVec, Lsb0};
+use bitvec::prelude::{BitSlice, Lsb0};
+use bitvec::view::BitView;
 
 /// Steps up to this long are taken bit by bit instead of with slice operations.
 const SHORT_STEP: usize = 8;
@@ -42,9 +43,11 @@ pub enum Rejection {
 pub struct DedupWindow {
     /// The lowest id that is not implicitly seen.
     base: u64,
-    /// Ring of `capacity` bits: the id `base + o` lives at slot `(head + o) % capacity`.
-    /// Every bit is inside the window: bits are cleared as the base passes them.
-    bits: BitVec<u64, Lsb0>,
+    /// Ring of `capacity` bits, 64 to a word (slot `s` is bit `s % 64` of word `s / 64`): the
+    /// id `base + o` lives at slot `(head + o) % capacity`. Every bit is inside the window:
+    /// bits are cleared as the base passes them. Plain words, so that the single-bit paths
+    /// (the hot ones) are a few instructions; the slice operations view them as bits.
+    words: Box<[u64]>,
     /// Slot of `base`; always `< capacity`.
     head: usize,
     /// Number of set bits, so that an empty window answers in O(1).
@@ -58,7 +61,7 @@ impl DedupWindow {
         let capacity = capacity.max(1).div_ceil(64).saturating_mul(64);
         DedupWindow {
             base,
-            bits: BitVec::repeat(false, capacity),
+            words: vec![0; capacity / 64].into_boxed_slice(),
             head: 0,
             ones: 0,
         }
@@ -73,7 +76,7 @@ impl DedupWindow {
     /// The number of ids the window holds (a multiple of 64).
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.bits.len()
+        self.words.len() * 64
     }
 
     /// One past the highest id the window can accept: `base + capacity`, saturating at
@@ -170,7 +173,7 @@ impl DedupWindow {
         }
         let gaps = if delta >= capacity as u64 {
             let set = self.ones as u64;
-            self.bits.fill(false);
+            self.words.fill(0);
             self.ones = 0;
             self.head = 0;
             delta - set
@@ -200,12 +203,10 @@ impl DedupWindow {
         self.ones
     }
 
-    /// The bit at `slot` (< capacity), read from its word directly: the single-bit path is
-    /// the hot one, and plain word arithmetic keeps it a few instructions.
+    /// The bit at `slot` (< capacity).
     #[inline]
     fn bit(&self, slot: usize) -> bool {
-        self.bits
-            .as_raw_slice()
+        self.words
             .get(slot / 64)
             .is_some_and(|w| w >> (slot % 64) & 1 == 1)
     }
@@ -213,7 +214,7 @@ impl DedupWindow {
     /// Sets the bit at `slot` (< capacity) to `value`; returns its previous value.
     #[inline]
     fn replace_bit(&mut self, slot: usize, value: bool) -> bool {
-        let Some(w) = self.bits.as_raw_mut_slice().get_mut(slot / 64) else {
+        let Some(w) = self.words.get_mut(slot / 64) else {
             return false;
         };
         let mask = 1u64 << (slot % 64);
@@ -277,12 +278,17 @@ impl DedupWindow {
         }
     }
 
+    /// The ring as a bit slice, for the operations over ranges of slots.
+    fn bits(&self) -> &BitSlice<u64, Lsb0> {
+        self.words.view_bits()
+    }
+
     /// The smallest logical offset `>= from` whose bit equals `value`.
     fn find(&self, from: usize, value: bool) -> Option<usize> {
         let mut skipped = from;
         for seg in self.segments(from, self.capacity()) {
             let len = seg.len();
-            let bits = &self.bits[seg];
+            let bits = &self.bits()[seg];
             let hit = if value {
                 bits.first_one()
             } else {
@@ -300,14 +306,14 @@ impl DedupWindow {
     fn count(&self, from: usize, to: usize) -> usize {
         self.segments(from, to)
             .into_iter()
-            .map(|seg| self.bits[seg].count_ones())
+            .map(|seg| self.bits()[seg].count_ones())
             .sum()
     }
 
     /// Clears the bits at logical offsets `[from, to)`.
     fn clear(&mut self, from: usize, to: usize) {
         for seg in self.segments(from, to) {
-            self.bits[seg].fill(false);
+            self.words.view_bits_mut::<Lsb0>()[seg].fill(false);
         }
     }
 }
