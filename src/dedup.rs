@@ -128,6 +128,24 @@ impl DedupWindow {
         }
     }
 
+    /// Whether the window is empty and `id` is its base (and [`insert`](Self::insert) would
+    /// accept it): `id` is the next id expected and nothing above it was inserted.
+    #[inline]
+    pub fn is_empty_at(&self, id: u64) -> bool {
+        self.ones == 0 && id == self.base && id != u64::MAX
+    }
+
+    /// Moves the base of an empty window forward by one: for a window where
+    /// [`is_empty_at(base)`](Self::is_empty_at) holds, the same as `insert(base)` followed by
+    /// `advance_contiguous()`, or by `advance_to(base + 1)`.
+    #[inline]
+    pub fn pass_empty_base(&mut self) {
+        debug_assert!(self.is_empty_at(self.base));
+        let h = self.head + 1;
+        self.head = if h == self.capacity() { 0 } else { h };
+        self.base += 1;
+    }
+
     /// Moves the base forward past every inserted id at the front of the window (their bits
     /// are consumed); returns the new base.
     #[inline]
@@ -541,6 +559,56 @@ mod tests {
         assert_eq!(w.advance_to(u64::MAX), 0);
         assert_eq!(w.insert(0), Err(TooOld));
         assert!(w.contains(0));
+    }
+
+    #[test]
+    fn passing_an_empty_base_matches_insert_and_advance() {
+        for capacity in [64, 128] {
+            // Three copies of the window: the fast step, insert + advance_contiguous, and
+            // advance_to. Out-of-order inserts between the steps move the head around the ring.
+            let mut rng = Rng::new(capacity as u64);
+            let mut fast = DedupWindow::new(1 << 40, capacity);
+            let mut slow = fast.clone();
+            let mut jump = fast.clone();
+            for step in 0..2000 {
+                let base = fast.base();
+                if fast.is_empty_at(base) {
+                    assert!(slow.is_empty_at(base) && jump.is_empty_at(base));
+                    assert!(!fast.is_empty_at(base + 1));
+                    fast.pass_empty_base();
+                    assert_eq!(slow.insert(base), Ok(()));
+                    assert_eq!(slow.advance_contiguous(), base + 1);
+                    assert_eq!(jump.advance_to(base + 1), 1);
+                } else {
+                    assert!(!slow.is_empty_at(base) && !jump.is_empty_at(base));
+                    // Fill the window up to its base and beyond, as the general path does.
+                    for w in [&mut fast, &mut slow, &mut jump] {
+                        let _ = w.insert(base);
+                        w.advance_contiguous();
+                    }
+                }
+                if rng.chance(0.1) {
+                    let id = fast.base() + 1 + rng.below(capacity as u64 - 1);
+                    let verdict = fast.insert(id);
+                    assert_eq!(slow.insert(id), verdict);
+                    assert_eq!(jump.insert(id), verdict);
+                }
+                for w in [&slow, &jump] {
+                    assert_eq!(
+                        (w.base, w.head, w.ones, &w.words),
+                        (fast.base, fast.head, fast.ones, &fast.words),
+                        "capacity {capacity} step {step}"
+                    );
+                }
+            }
+        }
+        // The top of the id space: `u64::MAX` is never accepted, so never passed.
+        let mut w = DedupWindow::new(u64::MAX - 1, 64);
+        assert!(w.is_empty_at(u64::MAX - 1));
+        assert!(!w.is_empty_at(u64::MAX));
+        w.pass_empty_base();
+        assert_eq!(w.base(), u64::MAX);
+        assert!(!w.is_empty_at(u64::MAX));
     }
 
     #[test]

@@ -362,6 +362,13 @@ impl Connection {
         if !self.limits.in_window(id, base) || !self.check_fragment_caps(m) {
             return false;
         }
+        if m.chan_seq.is_none()
+            && self.config.ack_mode == AckMode::OnReceipt
+            && self.rx.done.is_empty_at(id)
+            && self.rx.seen.is_empty_at(id)
+        {
+            return self.on_next_in_line(now, m);
+        }
         let seen = self.rx.seen.contains(id);
         if !seen && self.rx.done.contains(id) {
             // Abandoned by the sender before it arrived: never delivered.
@@ -407,6 +414,23 @@ impl Connection {
             }
         }
         accepted
+    }
+
+    /// The common case in order: an unordered reliable message, acknowledged on receipt, that
+    /// is the next one expected, with nothing above it received or complete. The general path
+    /// would find it neither seen nor complete and no later message arrived first; handing it
+    /// over completes it, so both windows move past it, to empty windows at `id + 1`.
+    fn on_next_in_line(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
+        let id = m.id;
+        let payload = match self.take_payload(now, Space::Reliable, m) {
+            Ok(p) => p,
+            Err(accepted) => return accepted,
+        };
+        self.hand_over(id, m.channel, m.guarantee, false, payload, false);
+        self.rx.seen.pass_empty_base();
+        self.rx.done.pass_empty_base();
+        self.completed_to(id + 1);
+        true
     }
 
     /// The whole payload of a MESSAGE frame: copied into a pooled buffer, or, for a fragment,
@@ -549,6 +573,12 @@ impl Connection {
         }
         let cum = self.rx.done.advance_contiguous();
         self.rx.seen.advance_to(cum);
+        self.completed_to(cum);
+    }
+
+    /// Bookkeeping after a completion, with the cumulative point now at `cum`: rejections no
+    /// longer wanted are dropped, the flow credit follows, and MSG_ACK is due.
+    fn completed_to(&mut self, cum: u64) {
         if !self.rx.rejects.is_empty() {
             let done = &self.rx.done;
             self.rx.rejects.retain(|&r| r >= cum && !done.contains(r));

@@ -540,3 +540,87 @@ fn the_largest_fragmented_message_fits_a_receive_buffer_at_its_validated_minimum
     }
     assert_eq!(messages(&mut c), vec![(0, data)]);
 }
+
+#[test]
+fn reliable_arrivals_in_and_out_of_order_match_a_model() {
+    // In-order arrivals (handled by the next-in-line path) mixed with losses, repairs and
+    // copies (the general path): every message is handed over, exactly-once ones once, and
+    // both windows end where a plain set of arrived ids says.
+    use std::collections::{BTreeMap, BTreeSet};
+    for seed in 0..8 {
+        let mut rng = crate::rng::Rng::new(seed);
+        let now = t0();
+        let window = 256;
+        let mut c = conn(Config::default().window(window), now);
+        let guarantee = |id: u64| {
+            if id % 3 == 0 {
+                Guarantee::AtLeastOnce
+            } else {
+                Guarantee::ExactlyOnce
+            }
+        };
+        let mut arrived = BTreeSet::new();
+        let mut lost: Vec<u64> = Vec::new();
+        let mut handed: BTreeMap<u64, u32> = BTreeMap::new();
+        let (mut next, mut pn) = (0u64, 0u32);
+        for step in 0..3000 {
+            let base = arrived
+                .iter()
+                .zip(0..)
+                .take_while(|(a, b)| **a == *b)
+                .count() as u64;
+            let id = match rng.below(10) {
+                0..=5 if next < base + window - 8 => {
+                    next += 1;
+                    if rng.chance(0.1) {
+                        lost.push(next - 1);
+                        continue;
+                    }
+                    next - 1
+                }
+                0..=7 if !lost.is_empty() => {
+                    lost.swap_remove(rng.below(lost.len() as u64) as usize)
+                }
+                _ if next > 0 => next - 1 - rng.below(next.min(20)),
+                _ => continue,
+            };
+            let payload = id.to_le_bytes();
+            let d = datagram(pn, &[message(guarantee(id), id, &payload)]);
+            pn += 1;
+            c.handle_datagram(now, &d).unwrap();
+            let fresh = arrived.insert(id);
+            for (got, bytes) in messages(&mut c) {
+                assert_eq!(bytes, got.to_le_bytes());
+                *handed.entry(got).or_default() += 1;
+            }
+            let times = handed.get(&id).copied().unwrap_or(0);
+            match guarantee(id) {
+                Guarantee::ExactlyOnce => assert_eq!(times, 1, "seed {seed} step {step} id {id}"),
+                _ => assert!(
+                    times >= 1 && (!fresh || times == 1),
+                    "seed {seed} step {step}"
+                ),
+            }
+            let cum = arrived
+                .iter()
+                .zip(0..)
+                .take_while(|(a, b)| **a == *b)
+                .count() as u64;
+            let above: Vec<_> = arrived.range(cum..).map(|&i| i..i + 1).collect();
+            let ranges = |w: &crate::dedup::DedupWindow| {
+                let mut v: Vec<std::ops::Range<u64>> = Vec::new();
+                for r in w.set_ranges() {
+                    v.extend(r.map(|i| i..i + 1));
+                }
+                v
+            };
+            for w in [&c.rx.done, &c.rx.seen] {
+                assert_eq!(w.base(), cum, "seed {seed} step {step}");
+                assert_eq!(ranges(w), above, "seed {seed} step {step}");
+            }
+            assert_eq!(c.rx.limit, cum + window);
+            assert!(c.rx.msg_ack_dirty);
+        }
+        assert!(handed.len() > 1500, "seed {seed}: {}", handed.len());
+    }
+}
