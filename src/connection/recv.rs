@@ -438,6 +438,7 @@ impl Connection {
     /// nothing to deliver yet, with whether the frame took effect: a fragment stored, or a
     /// reliable copy, counts as taken; a dropped one (no room, conflict, an at-most-once copy)
     /// does not, so its packet is not acknowledged.
+    #[inline(always)]
     fn take_payload(
         &mut self,
         now: Instant,
@@ -455,6 +456,17 @@ impl Connection {
             buf.extend_from_slice(m.payload);
             return Ok(buf);
         };
+        self.reassemble(now, space, m, frag)
+    }
+
+    /// [`take_payload`](Self::take_payload) for a fragment.
+    fn reassemble(
+        &mut self,
+        now: Instant,
+        space: Space,
+        m: &MessageFrame<'_>,
+        frag: wire::Fragment,
+    ) -> Result<Vec<u8>, bool> {
         let buffered = self.rx.buffered_bytes();
         let reassembly = &mut self.rx.reassembly;
         match reassembly.on_fragment(now, space, m, frag, &self.limits, buffered) {
@@ -533,6 +545,7 @@ impl Connection {
 
     /// Queues a message for the application. `completes`: this is the reliable message's
     /// first hand-over, which in acknowledge-on-receipt mode makes it complete.
+    #[inline(always)]
     fn hand_over(
         &mut self,
         id: u64,
