@@ -531,6 +531,7 @@ impl Connection {
 
     // ------------------------------------------------------------------ internals
 
+    #[inline]
     fn take_buffer(&mut self, len: usize) -> Vec<u8> {
         match self.pool.pop() {
             Some(mut b) => {
