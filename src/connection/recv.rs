@@ -284,6 +284,10 @@ impl Connection {
 
     /// Applies one frame of a parsed packet, accumulating its effect on the packet's handling.
     /// Returns `Ok(true)` when the connection closed and the rest of the packet must be ignored.
+    ///
+    /// Inlined into the loops over a packet's frames: MESSAGE frames, most of the traffic, are
+    /// handled here; the other kinds take one call.
+    #[inline(always)]
     fn apply_frame(
         &mut self,
         now: Instant,
@@ -293,6 +297,24 @@ impl Connection {
         let eliciting = frame.is_ack_eliciting();
         effect.eliciting |= eliciting;
         effect.urgent |= eliciting && !matches!(frame, Frame::MsgAck(_));
+        match frame {
+            Frame::Message(m) => effect.accepted &= self.on_message_frame(now, m),
+            _ => self.apply_control_frame(now, frame, effect)?,
+        }
+        if let Some(why) = self.violation.take() {
+            return Err(self.protocol_violation(now, why));
+        }
+        Ok(self.state == State::Closed)
+    }
+
+    /// [`apply_frame`](Self::apply_frame) for the frames other than MESSAGE (one given here is
+    /// handled all the same).
+    fn apply_control_frame(
+        &mut self,
+        now: Instant,
+        frame: &Frame<'_>,
+        effect: &mut PacketEffect,
+    ) -> Result<(), DatagramError> {
         match frame {
             Frame::Padding { .. } | Frame::Ping => {}
             Frame::Ack(ack) => self.on_ack_frame(now, ack)?,
@@ -318,10 +340,7 @@ impl Connection {
                 effect.close = Some((c.code, reason));
             }
         }
-        if let Some(why) = self.violation.take() {
-            return Err(self.protocol_violation(now, why));
-        }
-        Ok(self.state == State::Closed)
+        Ok(())
     }
 
     /// Arranges for an acknowledgement: now, or within the maximum ack delay.
@@ -336,6 +355,7 @@ impl Connection {
 
     /// Returns whether the frame took effect (or was recognised as a copy); `false` means it
     /// was dropped for lack of room and the packet must not be acknowledged.
+    #[inline(always)]
     fn on_message_frame(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
         if !matches!(self.state, State::Established | State::Shutdown) {
             return false;
@@ -352,6 +372,9 @@ impl Connection {
             .is_none_or(|f| self.limits.admit_fragment(f.count, f.total_len))
     }
 
+    /// A reliable MESSAGE frame: the next message in line takes the short path, inlined with
+    /// the checks before it; any other goes to [`on_reliable_arrival`](Self::on_reliable_arrival).
+    #[inline(always)]
     fn on_reliable_message(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
         let id = m.id;
         let base = self.rx.done.base();
@@ -369,6 +392,13 @@ impl Connection {
         {
             return self.on_next_in_line(now, m);
         }
+        self.on_reliable_arrival(now, m)
+    }
+
+    /// A reliable message within the window other than the next in line: a copy, one that
+    /// arrived out of order, an ordered one, or any in acknowledge-after-processing mode.
+    fn on_reliable_arrival(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
+        let id = m.id;
         let seen = self.rx.seen.contains(id);
         if !seen && self.rx.done.contains(id) {
             // Abandoned by the sender before it arrived: never delivered.
