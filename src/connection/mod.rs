@@ -505,6 +505,7 @@ impl Connection {
     // ------------------------------------------------------------------ output
 
     /// The next event for the application, if any.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
         let ev = self.events.pop_front()?;
         self.on_event_taken(&ev);
@@ -522,6 +523,7 @@ impl Connection {
 
     /// Gives back a payload buffer (from a received message or an Undeliverable event) for
     /// reuse, so that steady-state operation allocates nothing.
+    #[inline]
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
         if limits::admit_pooled(self.pool.len()) && buf.capacity() > 0 {
             buf.clear();

@@ -800,6 +800,7 @@ impl Connection {
     }
 
     /// A `Message` event was taken by the application.
+    #[inline]
     pub(super) fn on_event_taken(&mut self, ev: &Event) {
         if let Event::Message(m) = ev {
             self.rx.queued_bytes =
