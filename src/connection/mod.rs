@@ -556,8 +556,16 @@ impl Connection {
         }
     }
 
-    /// Dropped tokens count as rejections.
+    /// Dropped tokens count as rejections. Inlined: without tokens (acknowledge-on-receipt
+    /// mode) this is one test on every call.
+    #[inline]
     fn drain_tokens(&mut self, now: Instant) {
+        if self.token_sink.is_some() {
+            self.drain_token_sink(now);
+        }
+    }
+
+    fn drain_token_sink(&mut self, now: Instant) {
         let Some(sink) = &self.token_sink else {
             return;
         };
