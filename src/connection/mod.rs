@@ -533,12 +533,13 @@ impl Connection {
 
     // ------------------------------------------------------------------ internals
 
+    /// An empty buffer for `len` bytes: from the pool (it grows, if need be, as it is filled),
+    /// or a new one.
     #[inline]
     fn take_buffer(&mut self, len: usize) -> Vec<u8> {
         match self.pool.pop() {
             Some(mut b) => {
                 b.clear();
-                b.reserve(len);
                 b
             }
             None => Vec::with_capacity(len),
