@@ -131,7 +131,7 @@ impl DedupWindow {
     /// Whether the window is empty and `id` is its base (and [`insert`](Self::insert) would
     /// accept it): `id` is the next id expected and nothing above it was inserted.
     #[inline]
-    pub fn is_empty_at(&self, id: u64) -> bool {
+    pub(crate) fn is_empty_at(&self, id: u64) -> bool {
         self.ones == 0 && id == self.base && id != u64::MAX
     }
 
@@ -139,7 +139,7 @@ impl DedupWindow {
     /// [`is_empty_at(base)`](Self::is_empty_at) holds, the same as `insert(base)` followed by
     /// `advance_contiguous()`, or by `advance_to(base + 1)`.
     #[inline]
-    pub fn pass_empty_base(&mut self) {
+    pub(crate) fn pass_empty_base(&mut self) {
         debug_assert!(self.is_empty_at(self.base));
         let h = self.head + 1;
         self.head = if h == self.capacity() { 0 } else { h };
