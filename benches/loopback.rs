@@ -30,7 +30,8 @@
 //! **Round-trip time** (own timed loop, after criterion): ping-pong of 64 B messages, the
 //! receiver echoing each one (the crate: an exactly-once message answered by an exactly-once
 //! message; raw: a datagram answered by a datagram). 1,000 warm-up pings, then 20,000 timed
-//! (`SURELY_BENCH_PINGS` overrides; 200 under `--test`), recorded in
+//! (`SURELY_BENCH_PINGS` overrides; 200 under `--test`; `SURELY_BENCH_RTT=crate|raw` and
+//! `SURELY_BENCH_WAIT=blocking|busy-poll` run one side or one strategy alone), recorded in
 //! `surely::histogram::LatencyHistogram`; p50/p99/p99.9 and the ratios are printed.
 //!
 //! Every socket is bound to 127.0.0.1; every loop is bounded by a count and a deadline; the
@@ -661,9 +662,14 @@ fn rtt() {
     let (warm, count) = pings();
     let payload = [0x42u8; 64];
     let mut rows = Vec::new();
-    // For profiling one side alone: SURELY_BENCH_RTT=crate or raw.
+    // For profiling one side alone: SURELY_BENCH_RTT=crate or raw; one wait strategy alone:
+    // SURELY_BENCH_WAIT=blocking or busy-poll.
     let only = std::env::var("SURELY_BENCH_RTT").unwrap_or_default();
+    let only_wait = std::env::var("SURELY_BENCH_WAIT").unwrap_or_default();
     for wait in [Wait::Blocking, Wait::BusyPoll] {
+        if !only_wait.is_empty() && only_wait != wait.name() {
+            continue;
+        }
         let mut crate_h = LatencyHistogram::new();
         if only != "raw" {
             let server = crate_peer(wait, Role::Echo, Config::default());
@@ -678,6 +684,11 @@ fn rtt() {
                 "crate ping client ({}): {}",
                 wait.name(),
                 crate_counters(&mut client, h)
+            );
+            println!(
+                "crate ping client ({}) {}",
+                wait.name(),
+                io_counters(&client)
             );
         }
         let mut raw_h = LatencyHistogram::new();

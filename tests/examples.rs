@@ -254,3 +254,37 @@ fn address_in_use_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen"), "{err}");
 }
+
+/// `pingpong`: both ends in one process over loopback, one datagram each way per ping (a
+/// few more for acknowledgements sent alone), and exactly one for raw UDP.
+#[test]
+fn pingpong_sends_about_one_datagram_each_way_per_ping() {
+    for raw in [false, true] {
+        let mut cmd = Command::new(example("pingpong"));
+        cmd.args(["--pings", "300"]);
+        if raw {
+            cmd.arg("--raw");
+        }
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run pingpong");
+        let out = finish(child, Duration::from_secs(60));
+        assert!(out.status.success(), "raw {raw}: {out:?}");
+        let j = json(&out, &format!("raw {raw}"));
+        assert_eq!(field(&j, "pings"), "300");
+        assert_eq!(field(&j, "raw"), raw.to_string());
+        let (out_, in_) = (num(&j, "datagrams_out"), num(&j, "datagrams_in"));
+        let (sends, recvs) = (num(&j, "send_calls"), num(&j, "recv_calls"));
+        assert_eq!(out_, in_, "raw {raw}: every datagram arrived");
+        assert!(sends <= out_ && sends >= 600.0, "raw {raw}: {j:?}");
+        assert!(recvs >= 600.0, "raw {raw}: {j:?}");
+        if raw {
+            assert_eq!(out_, 600.0);
+        } else {
+            assert!((600.0..=660.0).contains(&out_), "{j:?}");
+        }
+        assert!(num(&j, "rtt_p50_us") > 0.0, "{j:?}");
+    }
+}
