@@ -443,12 +443,20 @@ mod sys {
     }
 
     /// The arrays `recvmmsg` reads and fills, one entry per message: allocated with the
-    /// batch and reused, each call (re)initialising the entries it hands to the kernel.
+    /// batch and reused. The pointers in the iovecs and headers are written at the first
+    /// call and again only if the batch's data buffer is not where they point (it never
+    /// moves once allocated); between calls only the lengths the kernel shortened are reset.
     pub struct RecvScratch {
         names: Box<[libc::sockaddr_storage]>,
         iovs: Box<[libc::iovec]>,
         hdrs: Box<[libc::mmsghdr]>,
         ctrl: Box<[CmsgBuf]>,
+        /// The address of the data buffer (and the slot size) the pointers were written for;
+        /// 0 before the first call.
+        wired: (usize, usize),
+        /// Leading headers whose `msg_namelen` and `msg_controllen` the last call may have
+        /// changed: the messages it received and the one after them.
+        dirty: usize,
     }
 
     impl RecvScratch {
@@ -462,6 +470,8 @@ mod sys {
                 // SAFETY: as above.
                 hdrs: vec![unsafe { zeroed() }; entries].into_boxed_slice(),
                 ctrl: vec![CmsgBuf([0; CMSG_BUF]); entries].into_boxed_slice(),
+                wired: (0, 0),
+                dirty: 0,
             }
         }
     }
@@ -494,10 +504,12 @@ mod sys {
         }
     }
 
-    // SAFETY: the only non-`Send`/`Sync` parts of the scratch arrays are the raw pointers inside the iovecs and headers. They are written, and handed to the kernel,
-    // only within one `recv_batch`/`send_batch` call that holds the batch mutably, and
-    // rewritten before every such call; nothing ever dereferences them between calls. So
-    // moving or sharing a scratch across threads moves or shares plain bytes.
+    // SAFETY: the only non-`Send`/`Sync` parts of the scratch arrays are the raw pointers
+    // inside the iovecs and headers. They point into heap memory owned by the same batch
+    // (its data buffer and the scratch's own boxed arrays), are handed to the kernel only
+    // within one `recv_batch`/`send_batch` call that holds the batch mutably, and nothing
+    // dereferences them outside such a call. So moving or sharing a scratch across threads
+    // moves or shares plain bytes.
     unsafe impl Send for RecvScratch {}
     // SAFETY: as above.
     unsafe impl Sync for RecvScratch {}
@@ -529,28 +541,37 @@ mod sys {
         let n = s.hdrs.len();
         let slot = batch.slot;
         let base = batch.data.as_mut_ptr();
-        for (i, iov) in s.iovs.iter_mut().enumerate() {
-            // In bounds: data holds capacity * slot bytes and i < n <= capacity.
-            iov.iov_base = base.wrapping_add(i * slot).cast();
-            iov.iov_len = slot;
+        if s.wired != (base as usize, slot) {
+            for (i, iov) in s.iovs.iter_mut().enumerate() {
+                // In bounds: data holds capacity * slot bytes and i < n <= capacity.
+                iov.iov_base = base.wrapping_add(i * slot).cast();
+                iov.iov_len = slot;
+            }
+            // From here on the arrays are only reached through these pointers (and by the
+            // kernel) during calls. Every field the kernel reads is set here for each entry
+            // (the others are never written and stay zero). The pointers stay valid: the
+            // boxed arrays and the data buffer are never reallocated, and a buffer at another
+            // address (or another slot size) is detected above.
+            let (names_p, iovs_p, ctrl_p) = (
+                s.names.as_mut_ptr(),
+                s.iovs.as_mut_ptr(),
+                s.ctrl.as_mut_ptr(),
+            );
+            for (i, h) in s.hdrs.iter_mut().enumerate() {
+                let h = &mut h.msg_hdr;
+                h.msg_name = names_p.wrapping_add(i).cast();
+                h.msg_iov = iovs_p.wrapping_add(i);
+                h.msg_iovlen = 1;
+                h.msg_control = ctrl_p.wrapping_add(i).cast();
+            }
+            s.wired = (base as usize, slot);
+            s.dirty = n;
         }
-        // From here on the arrays are only reached through these pointers (and by the kernel)
-        // until the call returns. Every field the kernel reads is set below for each entry
-        // (the others are never written and stay zero); `msg_namelen` and `msg_controllen`
-        // must be reset since the last call's kernel shortened them.
-        let (names_p, iovs_p, ctrl_p) = (
-            s.names.as_mut_ptr(),
-            s.iovs.as_mut_ptr(),
-            s.ctrl.as_mut_ptr(),
-        );
-        for (i, h) in s.hdrs.iter_mut().enumerate() {
-            let h = &mut h.msg_hdr;
-            h.msg_name = names_p.wrapping_add(i).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_iov = iovs_p.wrapping_add(i);
-            h.msg_iovlen = 1;
-            h.msg_control = ctrl_p.wrapping_add(i).cast();
-            h.msg_controllen = CMSG_BUF as _;
+        // The kernel writes back `msg_namelen`, `msg_controllen` and `msg_flags` of the
+        // messages it fills (and of no other): restore the two lengths it reads.
+        for h in &mut s.hdrs[..s.dirty] {
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_controllen = CMSG_BUF as _;
         }
         // SAFETY: each of the `n` headers points at its own live iovec, sockaddr_storage and
         // control buffer in the batch's scratch (of the sizes given), and each iovec at a
@@ -566,9 +587,13 @@ mod sys {
             )
         };
         if got < 0 {
-            return Err(io::Error::last_os_error());
+            let err = io::Error::last_os_error();
+            // Nothing was received; reset the first header anyway next time.
+            s.dirty = 1.min(n);
+            return Err(err);
         }
         let got = got as usize;
+        s.dirty = (got + 1).min(n);
         batch.messages = got;
         for (i, h) in s.hdrs[..got].iter().enumerate() {
             let Some(addr) = to_socket_addr(&s.names[i], h.msg_hdr.msg_namelen) else {
@@ -993,6 +1018,52 @@ mod tests {
             seen.sort();
             assert_eq!(seen, (0..100).collect::<Vec<_>>(), "{local}");
             assert_eq!(b.recv_batch(&mut inb).unwrap(), 0, "nothing more");
+        }
+    }
+
+    /// One receive batch read from an IPv4 and an IPv6 socket in turn, with runs of
+    /// different lengths: each receive sees every address whole (the kernel shortens the
+    /// address lengths of the entries it fills, so they must be restored between calls).
+    #[test]
+    fn one_batch_reused_across_address_families_and_run_lengths() {
+        let opts = SocketOptions {
+            offload: false,
+            ..SocketOptions::default()
+        };
+        let Ok(six) = UdpSocket::bind("[::1]:0".parse().unwrap(), &opts) else {
+            return; // no IPv6 on this machine
+        };
+        let four = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let from4 = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let from6 = UdpSocket::bind("[::1]:0".parse().unwrap(), &opts).unwrap();
+        let mut inb = RecvBatch::new(8, 1500);
+        let mut out = SendBatch::new(8, 1500);
+        for (round, count) in [3usize, 8, 1, 5, 8, 2, 7].into_iter().enumerate() {
+            let (from, to) = if round % 2 == 0 {
+                (&from4, &four)
+            } else {
+                (&from6, &six)
+            };
+            for k in 0..count {
+                out.slot_mut().unwrap()[..20].copy_from_slice(&payload(k, 20));
+                out.push(to.local_addr(), 20);
+            }
+            assert_eq!(from.send_batch(&mut out).unwrap(), count);
+            let mut got = Vec::new();
+            for _ in 0..100_000 {
+                let n = to.recv_batch(&mut inb).unwrap();
+                for i in 0..n {
+                    let (addr, data) = inb.get(i).unwrap();
+                    assert_eq!(addr, from.local_addr(), "round {round}");
+                    got.push(data.to_vec());
+                }
+                if got.len() >= count {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            assert!(got == (0..count).map(|k| payload(k, 20)).collect::<Vec<_>>());
+            assert_eq!(to.recv_batch(&mut inb).unwrap(), 0, "nothing more");
         }
     }
 
