@@ -233,21 +233,22 @@ impl Driver {
                     return Ok(());
                 }
             }
-            let mut produced = false;
-            while let Some(slot) = self.out.slot_mut() {
+            // Fill the batch until the endpoint has nothing more or the batch is full.
+            let drained = loop {
+                let Some(slot) = self.out.slot_mut() else {
+                    break false;
+                };
                 match self.endpoint.poll_transmit(now, slot) {
-                    Some((to, n)) => {
-                        self.out.push(to, n);
-                        produced = true;
-                    }
-                    None => break,
+                    Some((to, n)) => self.out.push(to, n),
+                    None => break true,
                 }
-            }
-            if !produced && self.out.pending() == 0 {
-                return Ok(());
-            }
-            if !produced {
+            };
+            if self.out.pending() > 0 {
                 self.send_pending()?;
+            }
+            // The endpoint said it has nothing more: asking again would only repeat that.
+            // A full batch sent whole goes round again for the rest.
+            if drained || self.out.pending() > 0 {
                 return Ok(());
             }
         }
