@@ -25,19 +25,23 @@ pub(crate) enum Timer {
 
 const COUNT: usize = 8;
 
-/// A fixed table of optional deadlines, one per [`Timer`].
+/// A fixed table of optional deadlines, one per [`Timer`], with their minimum kept current.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct TimerTable {
     data: [Option<Instant>; COUNT],
+    /// The earliest of `data`: updated by every change (a scan only when the earliest timer
+    /// moves later or stops), so that [`next`](Self::next), asked after every datagram in
+    /// and out, does not scan.
+    earliest: Option<Instant>,
 }
 
 impl TimerTable {
     pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
-        self.data[timer as usize] = Some(at);
+        self.change(timer, Some(at));
     }
 
     pub(crate) fn set_opt(&mut self, timer: Timer, at: Option<Instant>) {
-        self.data[timer as usize] = at;
+        self.change(timer, at);
     }
 
     pub(crate) fn get(&self, timer: Timer) -> Option<Instant> {
@@ -45,7 +49,7 @@ impl TimerTable {
     }
 
     pub(crate) fn stop(&mut self, timer: Timer) {
-        self.data[timer as usize] = None;
+        self.change(timer, None);
     }
 
     /// Whether `timer` is set and due at `now`.
@@ -55,11 +59,30 @@ impl TimerTable {
 
     /// The earliest deadline of all timers.
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.data.iter().flatten().min().copied()
+        self.earliest
     }
 
     pub(crate) fn clear(&mut self) {
         self.data = [None; COUNT];
+        self.earliest = None;
+    }
+
+    fn change(&mut self, timer: Timer, at: Option<Instant>) {
+        let old = std::mem::replace(&mut self.data[timer as usize], at);
+        match (at, self.earliest) {
+            // Earlier than (or as early as) every other deadline: the new minimum.
+            (Some(t), Some(e)) if t <= e => self.earliest = Some(t),
+            // The only deadline.
+            (Some(t), None) => self.earliest = Some(t),
+            // The earliest deadline moved later or stopped: another one may be the minimum now.
+            _ if old.is_some() && old == self.earliest => self.earliest = self.scan(),
+            // A later deadline changed, or nothing did: the minimum stays.
+            _ => {}
+        }
+    }
+
+    fn scan(&self) -> Option<Instant> {
+        self.data.iter().flatten().min().copied()
     }
 }
 
@@ -82,6 +105,41 @@ mod tests {
         assert_eq!(table.next(), Some(t0 + Duration::from_secs(10)));
         table.clear();
         assert_eq!(table.next(), None);
+    }
+
+    const ALL: [Timer; COUNT] = [
+        Timer::Ack,
+        Timer::Loss,
+        Timer::Idle,
+        Timer::Keepalive,
+        Timer::Deadline,
+        Timer::Reassembly,
+        Timer::Drain,
+        Timer::Close,
+    ];
+
+    proptest::proptest! {
+        /// Whatever the sequence of changes, `next` is the minimum of the table.
+        #[test]
+        fn next_is_always_the_minimum(ops in proptest::collection::vec((0usize..COUNT, 0u64..20, 0u8..5), 0..200)) {
+            let t0 = Instant::now_for_tests();
+            let mut table = TimerTable::default();
+            for (timer, at, op) in ops {
+                let (timer, at) = (ALL[timer], t0 + Duration::from_millis(at));
+                match op {
+                    0 | 1 => table.set(timer, at),
+                    2 => table.stop(timer),
+                    3 => table.set_opt(timer, (at > t0 + Duration::from_millis(10)).then_some(at)),
+                    _ => {
+                        if at == t0 {
+                            table.clear();
+                        }
+                    }
+                }
+                let min = ALL.iter().filter_map(|&t| table.get(t)).min();
+                proptest::prop_assert_eq!(table.next(), min);
+            }
+        }
     }
 
     trait NowForTests {
