@@ -191,6 +191,19 @@ fn crate_pings(
         // Acknowledgements owed go out now rather than with the next ping.
         client.flush().map_err(|e| e.to_string())?;
     }
+    // A last acknowledgement may still be on its way: let each end take what the other sent.
+    let sent_to =
+        |from: &Driver, b: &surely::net::DriverStats| from.stats().datagrams_out - b.datagrams_out;
+    let got = |at: &Driver, b: &surely::net::DriverStats| at.stats().datagrams_in - b.datagrams_in;
+    for _ in 0..1000 {
+        if sent_to(&client, &base.0) == got(&server, &base.1)
+            && sent_to(&server, &base.1) == got(&client, &base.0)
+        {
+            break;
+        }
+        server.process().map_err(|e| e.to_string())?;
+        client.process().map_err(|e| e.to_string())?;
+    }
     for (d, b) in [(&client, &base.0), (&server, &base.1)] {
         let s = d.stats();
         counts.datagrams_out += s.datagrams_out - b.datagrams_out;
