@@ -666,7 +666,9 @@ mod sys {
         scratch: &mut SendScratch,
         gso: &AtomicBool,
     ) -> io::Result<(usize, usize)> {
-        if !gso.load(Ordering::Relaxed) {
+        // One datagram left is one plain message either way (a run of one carries no
+        // segment size): skip looking for runs.
+        if !gso.load(Ordering::Relaxed) || queue.len - queue.sent == 1 {
             return send_plain(sock, queue, scratch).map(|n| (n, n));
         }
         let (err, segments) = match send_segmented(sock, queue, scratch) {
@@ -1303,6 +1305,41 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(got == (6..16).map(|k| payload(k, 500)).collect::<Vec<_>>());
+    }
+
+    /// A batch of one datagram goes as one plain message, and a refused one is skipped
+    /// without turning GSO off.
+    #[test]
+    fn single_datagrams_are_sent_or_skipped_alone() {
+        let opts = SocketOptions::default();
+        let a = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+        let gso = a.gso_enabled();
+        let nowhere: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut out = SendBatch::new(4, 1500);
+        for (k, to) in [b.local_addr(), nowhere, b.local_addr()]
+            .into_iter()
+            .enumerate()
+        {
+            out.slot_mut().unwrap()[..100].copy_from_slice(&payload(k, 100));
+            out.push(to, 100);
+            let sent = a.send_batch(&mut out).unwrap();
+            assert_eq!(sent, usize::from(to != nowhere));
+            assert_eq!(out.pending(), 0);
+        }
+        assert_eq!((out.messages_sent(), out.failed()), (2, 1));
+        assert_eq!(a.gso_enabled(), gso);
+        let mut inb = RecvBatch::new(8, 65536);
+        let mut got = Vec::new();
+        for _ in 0..100_000 {
+            let n = b.recv_batch(&mut inb).unwrap();
+            got.extend((0..n).map(|i| inb.get(i).unwrap().1.to_vec()));
+            if got.len() >= 2 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert!(got == vec![payload(0, 100), payload(2, 100)]);
     }
 
     /// `SO_NO_CHECK` makes the kernel refuse segmented sends with `EINVAL`: the socket must
