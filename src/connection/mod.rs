@@ -444,7 +444,19 @@ impl Connection {
     /// for a protocol violation, which closes the connection.
     pub fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) -> Result<(), DatagramError> {
         self.drain_tokens(now);
-        self.on_datagram(now, datagram)
+        self.on_datagram(now, datagram, false)
+    }
+
+    /// [`handle_datagram`](Self::handle_datagram) for a datagram whose tag was already
+    /// verified with this connection's integrity check. An [`Endpoint`](crate::Endpoint)
+    /// verifies every datagram before it routes it, with the CRC-32 its connections use.
+    pub(crate) fn handle_verified_datagram(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+    ) -> Result<(), DatagramError> {
+        self.drain_tokens(now);
+        self.on_datagram(now, datagram, true)
     }
 
     /// Processes expired timers. Call when [`poll_timeout`](Self::poll_timeout)'s deadline

@@ -171,10 +171,31 @@ pub fn open<'a>(
     datagram: &'a [u8],
     integrity: &dyn Integrity,
 ) -> Result<(Header, &'a [u8]), WireError> {
+    let (body, tag) = split_tag(datagram, integrity.tag_len())?;
+    if !integrity.verify(body, tag) {
+        return Err(WireError::BadChecksum);
+    }
+    let mut r = Reader::new(body);
+    let header = Header::parse(&mut r)?;
+    Ok((header, r.rest()))
+}
+
+/// [`open`] for a datagram whose tag of `tag_len` bytes the caller has already verified with
+/// the same integrity check: the same length checks and parse, without a second pass over
+/// the bytes.
+pub(crate) fn open_verified(datagram: &[u8], tag_len: usize) -> Result<(Header, &[u8]), WireError> {
+    let (body, _) = split_tag(datagram, tag_len)?;
+    let mut r = Reader::new(body);
+    let header = Header::parse(&mut r)?;
+    Ok((header, r.rest()))
+}
+
+/// Splits a datagram into its body and its tag of `tag_len` bytes, after the length checks
+/// that [`open`] makes.
+fn split_tag(datagram: &[u8], tag_len: usize) -> Result<(&[u8], &[u8]), WireError> {
     if datagram.len() > MAX_DATAGRAM {
         return Err(WireError::TooLong);
     }
-    let tag_len = integrity.tag_len();
     let min = HEADER_LEN
         .saturating_add(1)
         .saturating_add(tag_len)
@@ -183,15 +204,9 @@ pub fn open<'a>(
         return Err(WireError::TooShort);
     }
     let body_len = datagram.len().saturating_sub(tag_len);
-    let (body, tag) = datagram
+    datagram
         .split_at_checked(body_len)
-        .ok_or(WireError::TooShort)?;
-    if !integrity.verify(body, tag) {
-        return Err(WireError::BadChecksum);
-    }
-    let mut r = Reader::new(body);
-    let header = Header::parse(&mut r)?;
-    Ok((header, r.rest()))
+        .ok_or(WireError::TooShort)
 }
 
 /// Seals a datagram: `buf[..len]` holds header and frames; appends the tag at
@@ -247,6 +262,22 @@ mod tests {
         conn_id: 0x0123_4567_89ab_cdef,
         packet_number: 0xdead_beef,
     };
+
+    #[test]
+    fn open_verified_reads_what_open_reads_and_makes_the_same_length_checks() {
+        let mut buf = [0u8; 128];
+        let n = encode_datagram(&mut buf, &HEADER, &[Frame::Ping], &Crc32).unwrap();
+        let tag = Crc32.tag_len();
+        assert_eq!(
+            open_verified(&buf[..n], tag).unwrap(),
+            open(&buf[..n], &Crc32).unwrap()
+        );
+        for len in 0..MIN_DATAGRAM.max(HEADER_LEN + 1 + tag) {
+            assert_eq!(open_verified(&buf[..len], tag), open(&buf[..len], &Crc32));
+        }
+        let long = vec![0u8; MAX_DATAGRAM + 1];
+        assert_eq!(open_verified(&long, tag), Err(WireError::TooLong));
+    }
 
     /// Frames whose variable parts live in `store` (ACK, MSG_ACK, FORWARD, REJECT can only be
     /// made by parsing).
