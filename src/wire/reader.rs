@@ -50,36 +50,41 @@ impl<'a> Reader<'a> {
 
     /// Reads a big-endian `u32`.
     pub fn u32(&mut self) -> Result<u32, WireError> {
-        let (bytes, rest) = self
-            .buf
-            .split_first_chunk::<4>()
-            .ok_or(WireError::Truncated)?;
-        self.buf = rest;
-        Ok(u32::from_be_bytes(*bytes))
+        self.array().map(u32::from_be_bytes)
     }
 
     /// Reads a big-endian `u64`.
     pub fn u64(&mut self) -> Result<u64, WireError> {
-        let (bytes, rest) = self
-            .buf
-            .split_first_chunk::<8>()
-            .ok_or(WireError::Truncated)?;
-        self.buf = rest;
-        Ok(u64::from_be_bytes(*bytes))
+        self.array().map(u64::from_be_bytes)
     }
 
     /// Reads a variable-length integer in any of its forms (not only the shortest).
     #[inline]
     pub fn varint(&mut self) -> Result<u64, WireError> {
-        let first = self.peek_u8().ok_or(WireError::Truncated)?;
-        if first < 0x40 {
-            // The one-byte form, by far the most common.
-            self.buf = self.buf.get(1..).unwrap_or_default();
-            return Ok(u64::from(first));
+        let (&first, rest) = self.buf.split_first().ok_or(WireError::Truncated)?;
+        // The two high bits of the first byte give the length; they are masked off, and the
+        // rest is the value, big-endian.
+        match first >> 6 {
+            0 => {
+                // The one-byte form, by far the most common.
+                self.buf = rest;
+                Ok(u64::from(first))
+            }
+            1 => Ok(u64::from(u16::from_be_bytes(self.array()?) & 0x3fff)),
+            2 => Ok(u64::from(u32::from_be_bytes(self.array()?) & 0x3fff_ffff)),
+            _ => Ok(u64::from_be_bytes(self.array()?) & varint::MAX_VARINT),
         }
-        let bytes = self.take(varint::len_from_first_byte(first))?;
-        // The first byte's two length bits are masked off; the rest is the value, big-endian.
-        Ok(bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)) & value_mask(bytes.len()))
+    }
+
+    /// Reads the next `N` bytes.
+    #[inline]
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let (bytes, rest) = self
+            .buf
+            .split_first_chunk::<N>()
+            .ok_or(WireError::Truncated)?;
+        self.buf = rest;
+        Ok(*bytes)
     }
 
     /// Reads the next `n` bytes.
@@ -99,16 +104,6 @@ impl<'a> Reader<'a> {
     /// Consumes and returns every byte not read yet.
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
-    }
-}
-
-/// Mask of the value bits of a varint encoded in `len` bytes.
-fn value_mask(len: usize) -> u64 {
-    match len {
-        1 => (1 << 6) - 1,
-        2 => (1 << 14) - 1,
-        4 => (1 << 30) - 1,
-        _ => varint::MAX_VARINT,
     }
 }
 

@@ -9,11 +9,11 @@
 pub const MAX_VARINT: u64 = (1 << 62) - 1;
 
 /// Largest value of the 1-byte form.
-const MAX_1: u64 = (1 << 6) - 1;
+pub(crate) const MAX_1: u64 = (1 << 6) - 1;
 /// Largest value of the 2-byte form.
-const MAX_2: u64 = (1 << 14) - 1;
+pub(crate) const MAX_2: u64 = (1 << 14) - 1;
 /// Largest value of the 4-byte form.
-const MAX_4: u64 = (1 << 30) - 1;
+pub(crate) const MAX_4: u64 = (1 << 30) - 1;
 
 /// Length in bytes of the shortest encoding of `v`: 1, 2, 4 or 8.
 ///
@@ -31,26 +31,6 @@ pub fn varint_len(v: u64) -> usize {
     } else {
         8
     }
-}
-
-/// Length in bytes of a varint whose first byte is `first`.
-#[inline]
-pub(crate) fn len_from_first_byte(first: u8) -> usize {
-    1 << (first >> 6)
-}
-
-/// Encodes `v` (at most [`MAX_VARINT`]) in its shortest form into the returned 8-byte array;
-/// the encoding is its last `len` bytes, where `len` is the second value.
-#[inline]
-pub(crate) fn encode(v: u64) -> ([u8; 8], usize) {
-    let len = varint_len(v);
-    let prefix: u64 = match len {
-        1 => 0,
-        2 => 0b01 << 14,
-        4 => 0b10 << 30,
-        _ => 0b11 << 62,
-    };
-    ((v | prefix).to_be_bytes(), len)
 }
 
 #[cfg(test)]
@@ -115,6 +95,36 @@ mod tests {
         ];
         for bytes in forms {
             assert_eq!(Reader::new(bytes).varint(), Ok(5));
+        }
+    }
+
+    /// The RFC 9000 encoding of `v` in `len` bytes: the two length bits, then the value,
+    /// big-endian.
+    fn reference(v: u64, len: usize) -> Vec<u8> {
+        let code = u64::from(len.trailing_zeros());
+        let bytes = (v | code << (8 * len - 2)).to_be_bytes();
+        bytes[8 - len..].to_vec()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn writer_and_reader_match_the_reference(v in 0..=MAX_VARINT, shift in 0..62u32) {
+            for v in [v, v >> shift] {
+                let len = varint_len(v);
+                proptest::prop_assert_eq!(encoded(v), reference(v, len));
+                // Every form at least as long as the shortest decodes to the value.
+                for form in [1, 2, 4, 8].into_iter().filter(|&l| l >= len) {
+                    let mut bytes = reference(v, form);
+                    bytes.push(0xee);
+                    let mut r = Reader::new(&bytes);
+                    proptest::prop_assert_eq!(r.varint(), Ok(v));
+                    proptest::prop_assert_eq!(r.rest(), &[0xee]);
+                    proptest::prop_assert_eq!(
+                        Reader::new(&bytes[..form - 1]).varint(),
+                        Err(super::super::WireError::Truncated)
+                    );
+                }
+            }
         }
     }
 

@@ -19,7 +19,9 @@ use super::varint;
 /// ```
 #[derive(Debug)]
 pub struct Writer<'a> {
-    buf: &'a mut [u8],
+    /// The bytes not written yet.
+    rest: &'a mut [u8],
+    /// Number of bytes written so far.
     pos: usize,
 }
 
@@ -27,7 +29,7 @@ impl<'a> Writer<'a> {
     /// A writer at the start of `buf`.
     #[inline]
     pub fn new(buf: &'a mut [u8]) -> Self {
-        Writer { buf, pos: 0 }
+        Writer { rest: buf, pos: 0 }
     }
 
     /// Number of bytes written so far.
@@ -39,39 +41,42 @@ impl<'a> Writer<'a> {
     /// Number of bytes that can still be written.
     #[inline]
     pub fn remaining(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
+        self.rest.len()
     }
 
     /// Writes one byte.
     #[inline]
     pub fn put_u8(&mut self, v: u8) -> Result<(), WireError> {
-        self.put_slice(&[v])
+        self.put_array([v])
     }
 
     /// Writes a big-endian `u32`.
     pub fn put_u32(&mut self, v: u32) -> Result<(), WireError> {
-        self.put_slice(&v.to_be_bytes())
+        self.put_array(v.to_be_bytes())
     }
 
     /// Writes a big-endian `u64`.
     pub fn put_u64(&mut self, v: u64) -> Result<(), WireError> {
-        self.put_slice(&v.to_be_bytes())
+        self.put_array(v.to_be_bytes())
     }
 
     /// Writes a variable-length integer in its shortest form. A value above
     /// [`MAX_VARINT`](super::varint::MAX_VARINT) is refused with [`WireError::ValueTooLarge`].
     #[inline]
     pub fn put_varint(&mut self, v: u64) -> Result<(), WireError> {
-        if let Ok(b @ 0..0x40) = u8::try_from(v) {
-            // The one-byte form, by far the most common.
-            return self.put_u8(b);
+        // The length prefix goes into the two high bits of the first byte; the casts keep
+        // exactly the bits of the form chosen.
+        if v <= varint::MAX_1 {
+            self.put_array([v as u8])
+        } else if v <= varint::MAX_2 {
+            self.put_array((v as u16 | 0b01 << 14).to_be_bytes())
+        } else if v <= varint::MAX_4 {
+            self.put_array((v as u32 | 0b10 << 30).to_be_bytes())
+        } else if v <= varint::MAX_VARINT {
+            self.put_array((v | 0b11 << 62).to_be_bytes())
+        } else {
+            Err(WireError::ValueTooLarge)
         }
-        if v > varint::MAX_VARINT {
-            return Err(WireError::ValueTooLarge);
-        }
-        let (bytes, len) = varint::encode(v);
-        let start = bytes.len().saturating_sub(len);
-        self.put_slice(bytes.get(start..).unwrap_or_default())
     }
 
     /// Writes `s` as is.
@@ -88,15 +93,22 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Writes the `N` bytes of `bytes`, or fails without moving.
+    #[inline]
+    fn put_array<const N: usize>(&mut self, bytes: [u8; N]) -> Result<(), WireError> {
+        self.reserve(N)?.copy_from_slice(&bytes);
+        Ok(())
+    }
+
     /// Advances past the next `n` bytes and returns them, or fails without moving.
     #[inline]
-    fn reserve(&mut self, n: usize) -> Result<&mut [u8], WireError> {
-        let end = self.pos.checked_add(n).ok_or(WireError::BufferTooSmall)?;
-        let dst = self
-            .buf
-            .get_mut(self.pos..end)
-            .ok_or(WireError::BufferTooSmall)?;
-        self.pos = end;
+    fn reserve(&mut self, n: usize) -> Result<&'a mut [u8], WireError> {
+        if n > self.rest.len() {
+            return Err(WireError::BufferTooSmall);
+        }
+        let (dst, rest) = std::mem::take(&mut self.rest).split_at_mut(n);
+        self.rest = rest;
+        self.pos += n;
         Ok(dst)
     }
 }
