@@ -389,7 +389,8 @@ impl Connection {
         ) else {
             return false;
         };
-        if frame.encoded_len() > w.remaining() || frame.emit(w).is_err() {
+        // A frame that does not fit is refused whole (nothing written).
+        if frame.emit(w).is_err() {
             return false;
         }
         msg.frags[frag as usize].state = FragState::InFlight(pn);
@@ -415,7 +416,7 @@ impl Connection {
         ) else {
             return false;
         };
-        if frame.encoded_len() > w.remaining() || frame.emit(w).is_err() {
+        if frame.emit(w).is_err() {
             return false;
         }
         msg.sent += 1;

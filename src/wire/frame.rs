@@ -280,33 +280,29 @@ impl<'a> MessageFrame<'a> {
     /// [`WireError::OrderedAtMostOnce`], [`WireError::BadFragment`] (fields inconsistent
     /// or the payload not the fragment's size), [`WireError::ValueTooLarge`].
     pub fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        let len = len_u64(self.payload.len());
+        let mut flags = self.guarantee.to_bits();
         check_varint(self.id)?;
         if let Some(seq) = self.chan_seq {
             check_varint(seq)?;
             if !self.guarantee.is_reliable() {
                 return Err(WireError::OrderedAtMostOnce);
             }
+            flags |= flag::ORDERED;
         }
-        check_varint(len_u64(self.payload.len()))?;
+        check_varint(len)?;
         if let Some(f) = self.fragment {
             let range = Fragment::byte_range(f.total_len, f.count, f.index)
                 .ok_or(WireError::BadFragment)?;
             check_varint(f.total_len)?;
-            if range.end - range.start != len_u64(self.payload.len()) {
+            if range.end - range.start != len {
                 return Err(WireError::BadFragment);
             }
-        }
-        reserve(w, self.encoded_len())?;
-        let mut flags = self.guarantee.to_bits();
-        if self.chan_seq.is_some() {
-            flags |= flag::ORDERED;
-        }
-        if self.fragment.is_some() {
             flags |= flag::FRAGMENT;
         }
-        w.put_u8(ty::MESSAGE)?;
-        w.put_u8(flags)?;
-        w.put_u8(self.channel)?;
+        // The frame's bytes are taken whole, then filled in: every write below fits.
+        let mut w = w.split_off(self.encoded_len())?;
+        w.put_array([ty::MESSAGE, flags, self.channel])?;
         w.put_varint(self.id)?;
         if let Some(seq) = self.chan_seq {
             w.put_varint(seq)?;
@@ -316,8 +312,10 @@ impl<'a> MessageFrame<'a> {
             w.put_varint(f.count)?;
             w.put_varint(f.index)?;
         }
-        w.put_varint(len_u64(self.payload.len()))?;
-        w.put_slice(self.payload)
+        w.put_varint(len)?;
+        w.put_slice(self.payload)?;
+        debug_assert_eq!(w.remaining(), 0);
+        Ok(())
     }
 
     fn parse(r: &mut Reader<'a>) -> Result<MessageFrame<'a>, WireError> {

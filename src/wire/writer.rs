@@ -62,7 +62,7 @@ impl<'a> Writer<'a> {
 
     /// Writes a variable-length integer in its shortest form. A value above
     /// [`MAX_VARINT`](super::varint::MAX_VARINT) is refused with [`WireError::ValueTooLarge`].
-    #[inline]
+    #[inline(always)]
     pub fn put_varint(&mut self, v: u64) -> Result<(), WireError> {
         // The length prefix goes into the two high bits of the first byte; the casts keep
         // exactly the bits of the form chosen.
@@ -93,9 +93,16 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Advances past the next `n` bytes and returns a writer over them, or fails without
+    /// moving.
+    #[inline]
+    pub(super) fn split_off(&mut self, n: usize) -> Result<Writer<'a>, WireError> {
+        self.reserve(n).map(Writer::new)
+    }
+
     /// Writes the `N` bytes of `bytes`, or fails without moving.
     #[inline]
-    fn put_array<const N: usize>(&mut self, bytes: [u8; N]) -> Result<(), WireError> {
+    pub(super) fn put_array<const N: usize>(&mut self, bytes: [u8; N]) -> Result<(), WireError> {
         self.reserve(N)?.copy_from_slice(&bytes);
         Ok(())
     }
