@@ -3,7 +3,7 @@
 //! (Undeliverable) with a reason.
 
 use std::cmp::Reverse;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::ledger::{SentFrame, SentPacket, carried};
 use super::{Connection, State, fragment_chunk};
@@ -100,6 +100,32 @@ pub(super) struct AmoOut {
     pub acked: u32,
     /// Fragments sent.
     pub sent: u32,
+}
+
+/// Send-to-Delivered latencies as of `now`. Messages completed together were often queued
+/// together: consecutive ones with the same send time share one computed latency.
+struct LatencyAt {
+    now: Instant,
+    /// The last send time asked about, and its latency.
+    last: Option<(Instant, Duration)>,
+}
+
+impl LatencyAt {
+    fn new(now: Instant) -> Self {
+        LatencyAt { now, last: None }
+    }
+
+    /// The latency of a message queued at `queued_at`.
+    fn of(&mut self, queued_at: Instant) -> Duration {
+        match self.last {
+            Some((q, d)) if q == queued_at => d,
+            _ => {
+                let d = self.now.saturating_duration_since(queued_at);
+                self.last = Some((queued_at, d));
+                d
+            }
+        }
+    }
 }
 
 /// Number of fragments for a payload of `len` bytes.
@@ -246,12 +272,10 @@ impl Connection {
         Some(msg)
     }
 
-    /// Reports a message Delivered.
-    fn deliver_outcome(&mut self, now: Instant, id: u64, guarantee: Guarantee, queued_at: Instant) {
+    /// Reports a message Delivered, `latency` after it was queued.
+    fn deliver_outcome(&mut self, latency: Duration, id: u64, guarantee: Guarantee) {
         self.stats.delivered += 1;
-        self.stats
-            .latency
-            .record(now.saturating_duration_since(queued_at));
+        self.stats.latency.record(latency);
         self.events.push_back(Event::Delivered {
             id: MessageId(id),
             guarantee,
@@ -279,9 +303,9 @@ impl Connection {
     }
 
     /// The peer confirmed reliable message `id`.
-    fn complete_reliable(&mut self, now: Instant, id: u64) {
+    fn complete_reliable(&mut self, latency: &mut LatencyAt, id: u64) {
         if let Some(msg) = self.take_out(id) {
-            self.deliver_outcome(now, id, msg.guarantee, msg.queued_at);
+            self.deliver_outcome(latency.of(msg.queued_at), id, msg.guarantee);
             self.give_buffer(msg.payload);
         }
     }
@@ -448,7 +472,7 @@ impl Connection {
         if let Some(pkt) = largest_newly_acked {
             if pkt.ack_eliciting {
                 let sample = now.saturating_duration_since(pkt.time);
-                let delay = std::time::Duration::from_micros(ack.ack_delay_us);
+                let delay = Duration::from_micros(ack.ack_delay_us);
                 self.rtt.update(sample, delay, self.config.max_ack_delay);
             }
         }
@@ -506,7 +530,8 @@ impl Connection {
                     };
                     if done {
                         if let Some(m) = self.take_amo(id) {
-                            self.deliver_outcome(now, id, Guarantee::AtMostOnce, m.queued_at);
+                            let latency = now.saturating_duration_since(m.queued_at);
+                            self.deliver_outcome(latency, id, Guarantee::AtMostOnce);
                             self.give_buffer(m.payload);
                         }
                     }
@@ -704,6 +729,7 @@ impl Connection {
                 self.forward_cursor = 0;
             }
         }
+        let mut latency = LatencyAt::new(now);
         while self.out_base < f.cumulative {
             match self.outbox.pop_front() {
                 Some(Some(msg)) => {
@@ -711,7 +737,7 @@ impl Connection {
                     self.out_base += 1;
                     self.pending_messages -= 1;
                     self.pending_bytes -= msg.payload.len();
-                    self.deliver_outcome(now, id, msg.guarantee, msg.queued_at);
+                    self.deliver_outcome(latency.of(msg.queued_at), id, msg.guarantee);
                     self.give_buffer(msg.payload);
                 }
                 Some(None) => self.out_base += 1,
@@ -733,7 +759,7 @@ impl Connection {
         }
         for r in &newly {
             for id in r.clone() {
-                self.complete_reliable(now, id);
+                self.complete_reliable(&mut latency, id);
             }
         }
         newly.clear();
@@ -768,6 +794,23 @@ impl Connection {
         // message, so everything not already queued is sent again.
         for frag in 0..count {
             self.requeue(id, frag, |s| s != FragState::Queued);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_latencies_equal_the_ones_computed_each_time() {
+        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_millis(50);
+        let sent = [0, 0, 3, 3, 3, 7, 0, 60, 60, 9].map(|ms| t0 + Duration::from_millis(ms));
+        let mut latency = LatencyAt::new(now);
+        for q in sent {
+            assert_eq!(latency.of(q), now.saturating_duration_since(q));
         }
     }
 }
