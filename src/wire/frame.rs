@@ -319,6 +319,37 @@ impl<'a> MessageFrame<'a> {
     }
 
     fn parse(r: &mut Reader<'a>) -> Result<MessageFrame<'a>, WireError> {
+        if let Some(m) = MessageFrame::parse_whole_unordered(r) {
+            return Ok(m);
+        }
+        MessageFrame::parse_any(r)
+    }
+
+    /// The common shape: a whole message, unordered, complete in `r`. `None`, with `r`
+    /// unchanged, for any other frame (or a malformed one): [`parse_any`](Self::parse_any)
+    /// reads it, or says what is wrong.
+    #[inline]
+    fn parse_whole_unordered(r: &mut Reader<'a>) -> Option<MessageFrame<'a>> {
+        let mut c = r.clone();
+        let [flags, channel] = c.array().ok()?;
+        // Any flag but the guarantee's (or guarantee code 3) is for the general parser.
+        let guarantee = Guarantee::from_bits(flags)?;
+        let id = c.varint().ok()?;
+        let len = c.varint().ok()?;
+        let payload = c.take(usize::try_from(len).ok()?).ok()?;
+        *r = c;
+        Some(MessageFrame {
+            guarantee,
+            channel,
+            id,
+            chan_seq: None,
+            fragment: None,
+            payload,
+        })
+    }
+
+    /// Reads a MESSAGE frame of any shape.
+    fn parse_any(r: &mut Reader<'a>) -> Result<MessageFrame<'a>, WireError> {
         let flags = r.u8()?;
         if flags & flag::RESERVED != 0 {
             return Err(WireError::BadFlags(flags));
@@ -795,6 +826,64 @@ mod tests {
         let f = it.next().unwrap().unwrap();
         assert!(it.next().is_none(), "more than one frame in {payload:02x?}");
         f
+    }
+
+    /// A varint of `v` (masked to fit) in the form of `form` bytes, shortest or not.
+    fn varint_form(v: u64, form: usize) -> Vec<u8> {
+        let bits = 8 * form - 2;
+        let v = if bits >= 64 { v } else { v & ((1 << bits) - 1) };
+        let code = u64::from(form.trailing_zeros());
+        (v & MAX_VARINT | code << bits).to_be_bytes()[8 - form..].to_vec()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// The fast path for whole unordered messages reads exactly what the general parser
+        /// reads, and leaves anything else to it untouched.
+        #[test]
+        fn the_whole_unordered_fast_path_agrees_with_the_general_parser(
+            flags in proptest::prop_oneof![0..4u8, proptest::prelude::any::<u8>()],
+            channel in proptest::prelude::any::<u8>(),
+            id in proptest::prelude::any::<u64>(),
+            id_form in proptest::sample::select(vec![1usize, 2, 4, 8]),
+            // The ordered and fragment fields, or a lack of the id, when the flags say so.
+            extra in proptest::prop_oneof![
+                proptest::strategy::Just(vec![]),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 1..5),
+            ],
+            len in proptest::prop_oneof![0..80u64, proptest::prelude::any::<u64>()],
+            len_form in proptest::sample::select(vec![1usize, 2, 4, 8]),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+            cut in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let mut bytes = vec![flags, channel];
+            bytes.extend(varint_form(id, id_form));
+            bytes.extend(extra.iter().map(|b| b & 0x3f));
+            bytes.extend(varint_form(len, len_form));
+            bytes.extend(tail);
+            for end in [bytes.len(), cut.index(bytes.len() + 1)] {
+                let input = &bytes[..end];
+                let mut fast = Reader::new(input);
+                let mut general = Reader::new(input);
+                let want = MessageFrame::parse_any(&mut general);
+                match MessageFrame::parse_whole_unordered(&mut fast) {
+                    Some(m) => {
+                        proptest::prop_assert_eq!(Ok(m), want);
+                        proptest::prop_assert_eq!(fast.remaining(), general.remaining());
+                    }
+                    None => {
+                        proptest::prop_assert_eq!(fast.remaining(), input.len());
+                        if let Ok(m) = want {
+                            proptest::prop_assert!(m.chan_seq.is_some() || m.fragment.is_some());
+                        }
+                    }
+                }
+                let mut r = Reader::new(input);
+                proptest::prop_assert_eq!(MessageFrame::parse(&mut r), want);
+                proptest::prop_assert_eq!(r.remaining(), general.remaining());
+            }
+        }
     }
 
     fn emitted(f: impl FnOnce(&mut Writer<'_>) -> Result<(), WireError>) -> Vec<u8> {

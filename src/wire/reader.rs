@@ -78,7 +78,7 @@ impl<'a> Reader<'a> {
 
     /// Reads the next `N` bytes.
     #[inline]
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
         let (bytes, rest) = self
             .buf
             .split_first_chunk::<N>()
