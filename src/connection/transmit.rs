@@ -324,7 +324,12 @@ impl Connection {
             } else {
                 match (self.next_reliable(), self.next_amo()) {
                     (None, None) => break,
-                    (Some(_), None) => Source::NewReliable,
+                    (Some(_), None) => {
+                        // Nothing else waits, and writing new reliable fragments queues
+                        // nothing: they fill the rest of the packet in one pass.
+                        wrote |= self.write_new_reliable(pn, w);
+                        break;
+                    }
                     (None, Some(_)) => Source::NewAmo,
                     (Some((rid, _)), Some((aid, _))) => {
                         let rq = self.outbox_get(rid).map(|m| m.queued_at);
@@ -368,6 +373,55 @@ impl Connection {
             }
             wrote = true;
         }
+        wrote
+    }
+
+    /// Writes never-sent reliable fragments in order from the send cursor until the packet is
+    /// full, the outbox ends or the peer's credit does, moving the cursor as
+    /// [`next_reliable`](Self::next_reliable) and
+    /// [`write_reliable_fragment`](Self::write_reliable_fragment) would one fragment at a time.
+    /// Returns whether any was written.
+    fn write_new_reliable(&mut self, pn: u64, w: &mut Writer<'_>) -> bool {
+        let (mut id, mut frag) = self.cursor;
+        if id < self.out_base {
+            (id, frag) = (self.out_base, 0);
+        }
+        let start = (id - self.out_base) as usize;
+        if start > self.outbox.len() {
+            return false;
+        }
+        let mut wrote = false;
+        for slot in self.outbox.range_mut(start..) {
+            if let Some(msg) = slot {
+                while frag < msg.count {
+                    if id >= self.peer_limit {
+                        self.cursor = (id, frag);
+                        return wrote;
+                    }
+                    let frame = message_frame(
+                        msg.guarantee,
+                        msg.channel,
+                        id,
+                        msg.chan_seq,
+                        msg.count,
+                        frag,
+                        &msg.payload,
+                    );
+                    // A frame that does not fit is refused whole (nothing written).
+                    if frame.is_none_or(|f| f.emit(w).is_err()) {
+                        self.cursor = (id, frag);
+                        return wrote;
+                    }
+                    msg.frags[frag as usize].state = FragState::InFlight(pn);
+                    self.ledger.push_frame(SentFrame::Reliable { id, frag });
+                    wrote = true;
+                    frag += 1;
+                }
+            }
+            id += 1;
+            frag = 0;
+        }
+        self.cursor = (id, 0);
         wrote
     }
 
@@ -495,4 +549,112 @@ fn message_frame<'a>(
         }),
         payload: &payload[r.start as usize..r.end as usize],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use proptest::prelude::*;
+
+    use super::super::Connection;
+    use super::FragState;
+    use crate::Config;
+    use crate::event::UndeliverableReason;
+    use crate::message::{Guarantee, SendOptions};
+    use crate::wire::Writer;
+
+    /// A message to send: its size, whether it is ordered, exactly-once or at-least-once.
+    type Spec = (usize, bool, bool);
+
+    fn sender(now: Instant, specs: &[Spec], abandon: &[usize], credit: u64) -> Connection {
+        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, now).unwrap();
+        for &(size, ordered, exactly) in specs {
+            let g = if exactly {
+                Guarantee::ExactlyOnce
+            } else {
+                Guarantee::AtLeastOnce
+            };
+            let mut opts = SendOptions::new(g).channel(size as u8 % 3);
+            opts.ordered = ordered;
+            c.send_message(now, &vec![size as u8; size], opts).unwrap();
+        }
+        let base = c.out_base;
+        for &i in abandon {
+            c.abandon_reliable(
+                base + (i % specs.len().max(1)) as u64,
+                UndeliverableReason::Lost,
+            );
+        }
+        c.peer_limit = base + credit;
+        c
+    }
+
+    /// What the outbox and ledger say about what was sent.
+    fn sent_state(c: &Connection) -> Vec<Option<Vec<FragState>>> {
+        c.outbox
+            .iter()
+            .map(|m| {
+                m.as_ref()
+                    .map(|m| m.frags.iter().map(|f| f.state).collect())
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Writing the run of new reliable fragments in one pass writes the same bytes, moves
+        /// the cursor the same way and records the same fragments as writing them one at a
+        /// time.
+        #[test]
+        fn one_pass_writes_what_one_at_a_time_writes(
+            specs in proptest::collection::vec(
+                (prop_oneof![0..100usize, 0..4000usize], any::<bool>(), any::<bool>()),
+                0..40,
+            ),
+            abandon in proptest::collection::vec(any::<usize>(), 0..5),
+            credit in prop_oneof![Just(1_000u64), 0..45u64],
+            rooms in proptest::collection::vec(0..1300usize, 1..12),
+        ) {
+            #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+            let now = Instant::now();
+            let mut fast = sender(now, &specs, &abandon, credit);
+            let mut slow = sender(now, &specs, &abandon, credit);
+            for room in rooms {
+                let pn = fast.ledger.next_pn();
+                let mut buf_fast = vec![0u8; room];
+                let mut buf_slow = vec![0u8; room];
+                let mut w = Writer::new(&mut buf_fast);
+                let wrote_fast = fast.next_reliable().is_some() && fast.write_new_reliable(pn, &mut w);
+                let len_fast = w.position();
+                let mut w = Writer::new(&mut buf_slow);
+                let mut wrote_slow = false;
+                while let Some((id, frag)) = slow.next_reliable() {
+                    if !slow.write_reliable_fragment(pn, id, frag, &mut w) {
+                        break;
+                    }
+                    slow.cursor = (id, frag + 1);
+                    wrote_slow = true;
+                }
+                let len_slow = w.position();
+                // The one-at-a-time loop leaves the cursor where the next call would start.
+                slow.next_reliable();
+                fast.next_reliable();
+                prop_assert_eq!(wrote_fast, wrote_slow);
+                prop_assert_eq!(&buf_fast[..len_fast], &buf_slow[..len_slow]);
+                prop_assert_eq!(fast.cursor, slow.cursor);
+                prop_assert_eq!(sent_state(&fast), sent_state(&slow));
+                for c in [&mut fast, &mut slow] {
+                    c.ledger.finish_packet(now, 1, true, 0, 0, 0);
+                }
+                let frames = |c: &Connection| {
+                    let pkt = *c.ledger.get(pn).unwrap();
+                    c.ledger.frames_of(&pkt).collect::<Vec<_>>()
+                };
+                prop_assert_eq!(frames(&fast), frames(&slow));
+            }
+        }
+    }
 }
