@@ -516,6 +516,7 @@ fn next_unsent<T>(
 }
 
 /// The MESSAGE frame for fragment `frag` of a message cut into `count` fragments.
+#[inline]
 fn message_frame<'a>(
     guarantee: Guarantee,
     channel: u8,

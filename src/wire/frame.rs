@@ -279,7 +279,34 @@ impl<'a> MessageFrame<'a> {
     /// Writes the frame. Errors, with nothing written: [`WireError::BufferTooSmall`],
     /// [`WireError::OrderedAtMostOnce`], [`WireError::BadFragment`] (fields inconsistent
     /// or the payload not the fragment's size), [`WireError::ValueTooLarge`].
+    #[inline]
     pub fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        if self.chan_seq.is_none() && self.fragment.is_none() {
+            return self.emit_whole_unordered(w);
+        }
+        self.emit_any(w)
+    }
+
+    /// [`emit`](Self::emit) for the common shape: a whole message, unordered.
+    #[inline]
+    fn emit_whole_unordered(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        debug_assert!(self.chan_seq.is_none() && self.fragment.is_none());
+        let len = len_u64(self.payload.len());
+        check_varint(self.id)?;
+        check_varint(len)?;
+        let total = 3 + varint_len(self.id) + varint_len(len) + self.payload.len();
+        // The frame's bytes are taken whole, then filled in: every write below fits.
+        let mut w = w.split_off(total)?;
+        w.put_array([ty::MESSAGE, self.guarantee.to_bits(), self.channel])?;
+        w.put_varint(self.id)?;
+        w.put_varint(len)?;
+        w.put_slice(self.payload)?;
+        debug_assert_eq!(w.remaining(), 0);
+        Ok(())
+    }
+
+    /// [`emit`](Self::emit) for any shape.
+    fn emit_any(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         let len = len_u64(self.payload.len());
         let mut flags = self.guarantee.to_bits();
         check_varint(self.id)?;
@@ -816,6 +843,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::super::{ack_frame_len, emit_ack, emit_msg_ack, msg_ack_frame_len};
     use super::*;
 
@@ -837,25 +866,25 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+        #![proptest_config(ProptestConfig::with_cases(2048))]
 
         /// The fast path for whole unordered messages reads exactly what the general parser
         /// reads, and leaves anything else to it untouched.
         #[test]
         fn the_whole_unordered_fast_path_agrees_with_the_general_parser(
-            flags in proptest::prop_oneof![0..4u8, proptest::prelude::any::<u8>()],
-            channel in proptest::prelude::any::<u8>(),
-            id in proptest::prelude::any::<u64>(),
+            flags in prop_oneof![0..4u8, any::<u8>()],
+            channel in any::<u8>(),
+            id in any::<u64>(),
             id_form in proptest::sample::select(vec![1usize, 2, 4, 8]),
             // The ordered and fragment fields, or a lack of the id, when the flags say so.
-            extra in proptest::prop_oneof![
-                proptest::strategy::Just(vec![]),
-                proptest::collection::vec(proptest::prelude::any::<u8>(), 1..5),
+            extra in prop_oneof![
+                Just(vec![]),
+                proptest::collection::vec(any::<u8>(), 1..5),
             ],
-            len in proptest::prop_oneof![0..80u64, proptest::prelude::any::<u64>()],
+            len in prop_oneof![0..80u64, any::<u64>()],
             len_form in proptest::sample::select(vec![1usize, 2, 4, 8]),
-            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
-            cut in proptest::prelude::any::<proptest::sample::Index>(),
+            tail in proptest::collection::vec(any::<u8>(), 0..100),
+            cut in any::<proptest::sample::Index>(),
         ) {
             let mut bytes = vec![flags, channel];
             bytes.extend(varint_form(id, id_form));
@@ -869,20 +898,56 @@ mod tests {
                 let want = MessageFrame::parse_any(&mut general);
                 match MessageFrame::parse_whole_unordered(&mut fast) {
                     Some(m) => {
-                        proptest::prop_assert_eq!(Ok(m), want);
-                        proptest::prop_assert_eq!(fast.remaining(), general.remaining());
+                        prop_assert_eq!(Ok(m), want);
+                        prop_assert_eq!(fast.remaining(), general.remaining());
                     }
                     None => {
-                        proptest::prop_assert_eq!(fast.remaining(), input.len());
+                        prop_assert_eq!(fast.remaining(), input.len());
                         if let Ok(m) = want {
-                            proptest::prop_assert!(m.chan_seq.is_some() || m.fragment.is_some());
+                            prop_assert!(m.chan_seq.is_some() || m.fragment.is_some());
                         }
                     }
                 }
                 let mut r = Reader::new(input);
-                proptest::prop_assert_eq!(MessageFrame::parse(&mut r), want);
-                proptest::prop_assert_eq!(r.remaining(), general.remaining());
+                prop_assert_eq!(MessageFrame::parse(&mut r), want);
+                prop_assert_eq!(r.remaining(), general.remaining());
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The fast path for whole unordered messages writes what the general emitter writes,
+        /// or fails the same way.
+        #[test]
+        fn the_whole_unordered_emit_agrees_with_the_general_emitter(
+            guarantee in proptest::sample::select(vec![
+                Guarantee::AtMostOnce,
+                Guarantee::AtLeastOnce,
+                Guarantee::ExactlyOnce,
+            ]),
+            channel in any::<u8>(),
+            id in prop_oneof![
+                0..100_000u64,
+                any::<u64>().prop_map(|v| v >> (v % 64)),
+            ],
+            payload in proptest::collection::vec(any::<u8>(), 0..20_000),
+            room in 0..20_100usize,
+        ) {
+            let m = MessageFrame {
+                guarantee,
+                channel,
+                id,
+                chan_seq: None,
+                fragment: None,
+                payload: &payload,
+            };
+            let mut fast = vec![0xaa; room];
+            let mut general = vec![0xaa; room];
+            let mut wf = Writer::new(&mut fast);
+            let mut wg = Writer::new(&mut general);
+            prop_assert_eq!(m.emit_whole_unordered(&mut wf), m.emit_any(&mut wg));
+            prop_assert_eq!(wf.position(), wg.position());
+            prop_assert_eq!(fast, general);
         }
     }
 
