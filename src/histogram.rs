@@ -55,11 +55,21 @@ impl LatencyHistogram {
 
     /// Records one sample.
     pub fn record(&mut self, d: Duration) {
+        self.record_n(d, 1);
+    }
+
+    /// Records `n` samples of the same value, as `n` calls of [`record`](Self::record) do.
+    pub(crate) fn record_n(&mut self, d: Duration, n: u64) {
+        if n == 0 {
+            return;
+        }
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
         let slot = &mut self.buckets[bucket_of(us)];
-        *slot = slot.saturating_add(1);
-        self.count = self.count.saturating_add(1);
-        self.sum = self.sum.saturating_add(u128::from(us));
+        *slot = slot.saturating_add(n);
+        self.count = self.count.saturating_add(n);
+        self.sum = self
+            .sum
+            .saturating_add(u128::from(us).saturating_mul(u128::from(n)));
         self.min = self.min.min(us);
         self.max = self.max.max(us);
     }
@@ -319,6 +329,42 @@ mod tests {
         h.record(Duration::from_nanos(999));
         h.record(Duration::from_nanos(1500));
         assert_eq!((h.min(), h.max()), (Some(us(0)), Some(us(1))));
+    }
+
+    #[test]
+    fn a_run_records_what_as_many_single_samples_do() {
+        let samples = [
+            0,
+            1,
+            1,
+            31,
+            32,
+            33,
+            1000,
+            1000,
+            1000,
+            5_000_000,
+            u64::MAX / 4,
+        ];
+        let mut one_by_one = LatencyHistogram::new();
+        let mut runs = LatencyHistogram::new();
+        for (i, &s) in samples.iter().enumerate() {
+            let n = i as u64 % 4;
+            for _ in 0..n {
+                one_by_one.record(us(s));
+            }
+            runs.record_n(us(s), n);
+        }
+        assert_eq!(runs.buckets, one_by_one.buckets);
+        assert_eq!(
+            (runs.count, runs.sum, runs.min, runs.max),
+            (
+                one_by_one.count,
+                one_by_one.sum,
+                one_by_one.min,
+                one_by_one.max
+            )
+        );
     }
 
     #[test]

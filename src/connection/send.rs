@@ -9,6 +9,7 @@ use super::ledger::{SentFrame, SentPacket, carried};
 use super::{Connection, State, fragment_chunk};
 use crate::error::{DatagramError, SendError};
 use crate::event::{Event, UndeliverableReason};
+use crate::histogram::LatencyHistogram;
 use crate::message::{Guarantee, SendOptions};
 use crate::rtt::backoff;
 use crate::seq::{MAX_SEQ, MessageId};
@@ -102,28 +103,38 @@ pub(super) struct AmoOut {
     pub sent: u32,
 }
 
-/// Send-to-Delivered latencies as of `now`. Messages completed together were often queued
-/// together: consecutive ones with the same send time share one computed latency.
-struct LatencyAt {
+/// Send-to-Delivered latencies measured at `now`, recorded by runs: messages completed
+/// together were often queued together, and consecutive ones with the same send time are
+/// measured once and recorded as one run.
+struct Latencies {
     now: Instant,
-    /// The last send time asked about, and its latency.
-    last: Option<(Instant, Duration)>,
+    /// The current run: its send time, latency and length.
+    run: Option<(Instant, Duration, u64)>,
 }
 
-impl LatencyAt {
+impl Latencies {
     fn new(now: Instant) -> Self {
-        LatencyAt { now, last: None }
+        Latencies { now, run: None }
     }
 
-    /// The latency of a message queued at `queued_at`.
-    fn of(&mut self, queued_at: Instant) -> Duration {
-        match self.last {
-            Some((q, d)) if q == queued_at => d,
-            _ => {
+    /// Adds a message queued at `queued_at`; a run that ends is recorded into `histogram`.
+    fn add(&mut self, queued_at: Instant, histogram: &mut LatencyHistogram) {
+        match &mut self.run {
+            Some((q, _, n)) if *q == queued_at => *n += 1,
+            run => {
+                if let Some((_, d, n)) = run.take() {
+                    histogram.record_n(d, n);
+                }
                 let d = self.now.saturating_duration_since(queued_at);
-                self.last = Some((queued_at, d));
-                d
+                *run = Some((queued_at, d, 1));
             }
+        }
+    }
+
+    /// Records the last run.
+    fn finish(self, histogram: &mut LatencyHistogram) {
+        if let Some((_, d, n)) = self.run {
+            histogram.record_n(d, n);
         }
     }
 }
@@ -272,10 +283,9 @@ impl Connection {
         Some(msg)
     }
 
-    /// Reports a message Delivered, `latency` after it was queued.
-    fn deliver_outcome(&mut self, latency: Duration, id: u64, guarantee: Guarantee) {
+    /// Reports a message Delivered (its latency is recorded by the caller).
+    fn deliver_outcome(&mut self, id: u64, guarantee: Guarantee) {
         self.stats.delivered += 1;
-        self.stats.latency.record(latency);
         self.events.push_back(Event::Delivered {
             id: MessageId(id),
             guarantee,
@@ -303,9 +313,10 @@ impl Connection {
     }
 
     /// The peer confirmed reliable message `id`.
-    fn complete_reliable(&mut self, latency: &mut LatencyAt, id: u64) {
+    fn complete_reliable(&mut self, latencies: &mut Latencies, id: u64) {
         if let Some(msg) = self.take_out(id) {
-            self.deliver_outcome(latency.of(msg.queued_at), id, msg.guarantee);
+            latencies.add(msg.queued_at, &mut self.stats.latency);
+            self.deliver_outcome(id, msg.guarantee);
             self.give_buffer(msg.payload);
         }
     }
@@ -531,7 +542,8 @@ impl Connection {
                     if done {
                         if let Some(m) = self.take_amo(id) {
                             let latency = now.saturating_duration_since(m.queued_at);
-                            self.deliver_outcome(latency, id, Guarantee::AtMostOnce);
+                            self.stats.latency.record(latency);
+                            self.deliver_outcome(id, Guarantee::AtMostOnce);
                             self.give_buffer(m.payload);
                         }
                     }
@@ -729,7 +741,7 @@ impl Connection {
                 self.forward_cursor = 0;
             }
         }
-        let mut latency = LatencyAt::new(now);
+        let mut latencies = Latencies::new(now);
         while self.out_base < f.cumulative {
             match self.outbox.pop_front() {
                 Some(Some(msg)) => {
@@ -737,7 +749,8 @@ impl Connection {
                     self.out_base += 1;
                     self.pending_messages -= 1;
                     self.pending_bytes -= msg.payload.len();
-                    self.deliver_outcome(latency.of(msg.queued_at), id, msg.guarantee);
+                    latencies.add(msg.queued_at, &mut self.stats.latency);
+                    self.deliver_outcome(id, msg.guarantee);
                     self.give_buffer(msg.payload);
                 }
                 Some(None) => self.out_base += 1,
@@ -759,9 +772,10 @@ impl Connection {
         }
         for r in &newly {
             for id in r.clone() {
-                self.complete_reliable(&mut latency, id);
+                self.complete_reliable(&mut latencies, id);
             }
         }
+        latencies.finish(&mut self.stats.latency);
         newly.clear();
         self.scratch = newly;
         self.msg_acked.remove_below(self.out_base);
@@ -803,14 +817,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn shared_latencies_equal_the_ones_computed_each_time() {
+    fn runs_of_latencies_record_what_each_one_recorded_alone_does() {
         #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
         let t0 = Instant::now();
         let now = t0 + Duration::from_millis(50);
         let sent = [0, 0, 3, 3, 3, 7, 0, 60, 60, 9].map(|ms| t0 + Duration::from_millis(ms));
-        let mut latency = LatencyAt::new(now);
-        for q in sent {
-            assert_eq!(latency.of(q), now.saturating_duration_since(q));
+        for k in 0..=sent.len() {
+            let mut alone = LatencyHistogram::new();
+            let mut runs = LatencyHistogram::new();
+            let mut latencies = Latencies::new(now);
+            for &q in &sent[..k] {
+                alone.record(now.saturating_duration_since(q));
+                latencies.add(q, &mut runs);
+            }
+            latencies.finish(&mut runs);
+            assert_eq!(format!("{runs:?}"), format!("{alone:?}"));
+            assert_eq!(runs.mean(), alone.mean());
         }
     }
 }
