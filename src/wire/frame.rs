@@ -153,10 +153,27 @@ pub struct FrameIter<'a> {
 impl<'a> Iterator for FrameIter<'a> {
     type Item = Result<Frame<'a>, WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed || self.r.is_empty() {
             return None;
         }
+        // The common frame, a whole unordered MESSAGE, is read inline; the others (and
+        // anything malformed) by the general parser.
+        if let Some((&ty::MESSAGE, rest)) = self.r.clone().rest().split_first() {
+            let mut r = Reader::new(rest);
+            if let Some(m) = MessageFrame::parse_whole_unordered(&mut r) {
+                self.r = r;
+                return Some(Ok(Frame::Message(m)));
+            }
+        }
+        self.next_any()
+    }
+}
+
+impl<'a> FrameIter<'a> {
+    /// The next frame of any type.
+    fn next_any(&mut self) -> Option<Result<Frame<'a>, WireError>> {
         let frame = Frame::parse(&mut self.r);
         self.failed = frame.is_err();
         Some(frame)
@@ -345,16 +362,9 @@ impl<'a> MessageFrame<'a> {
         Ok(())
     }
 
-    fn parse(r: &mut Reader<'a>) -> Result<MessageFrame<'a>, WireError> {
-        if let Some(m) = MessageFrame::parse_whole_unordered(r) {
-            return Ok(m);
-        }
-        MessageFrame::parse_any(r)
-    }
-
     /// The common shape: a whole message, unordered, complete in `r`. `None`, with `r`
-    /// unchanged, for any other frame (or a malformed one): [`parse_any`](Self::parse_any)
-    /// reads it, or says what is wrong.
+    /// unchanged, for any other frame (or a malformed one): [`parse`](Self::parse) reads it,
+    /// or says what is wrong.
     #[inline]
     fn parse_whole_unordered(r: &mut Reader<'a>) -> Option<MessageFrame<'a>> {
         let mut c = r.clone();
@@ -376,7 +386,7 @@ impl<'a> MessageFrame<'a> {
     }
 
     /// Reads a MESSAGE frame of any shape.
-    fn parse_any(r: &mut Reader<'a>) -> Result<MessageFrame<'a>, WireError> {
+    fn parse(r: &mut Reader<'a>) -> Result<MessageFrame<'a>, WireError> {
         let flags = r.u8()?;
         if flags & flag::RESERVED != 0 {
             return Err(WireError::BadFlags(flags));
@@ -895,7 +905,7 @@ mod tests {
                 let input = &bytes[..end];
                 let mut fast = Reader::new(input);
                 let mut general = Reader::new(input);
-                let want = MessageFrame::parse_any(&mut general);
+                let want = MessageFrame::parse(&mut general);
                 match MessageFrame::parse_whole_unordered(&mut fast) {
                     Some(m) => {
                         prop_assert_eq!(Ok(m), want);
@@ -908,9 +918,14 @@ mod tests {
                         }
                     }
                 }
-                let mut r = Reader::new(input);
-                prop_assert_eq!(MessageFrame::parse(&mut r), want);
-                prop_assert_eq!(r.remaining(), general.remaining());
+                // Through the frame iterator, which takes the fast path first.
+                let mut payload = vec![ty::MESSAGE];
+                payload.extend_from_slice(input);
+                let mut it = frames(&payload);
+                prop_assert_eq!(it.next(), Some(want.map(Frame::Message)));
+                if want.is_ok() {
+                    prop_assert_eq!(it.r.remaining(), general.remaining());
+                }
             }
         }
     }
