@@ -57,6 +57,7 @@ pub(super) enum Frags {
 }
 
 impl Frags {
+    #[inline]
     fn new(count: u32) -> Frags {
         let f = Frag {
             state: FragState::Queued,
@@ -118,6 +119,7 @@ impl Latencies {
     }
 
     /// Adds a message queued at `queued_at`; a run that ends is recorded into `histogram`.
+    #[inline]
     fn add(&mut self, queued_at: Instant, histogram: &mut LatencyHistogram) {
         match &mut self.run {
             Some((q, _, n)) if *q == queued_at => *n += 1,
