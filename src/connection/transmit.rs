@@ -380,7 +380,9 @@ impl Connection {
     /// full, the outbox ends or the peer's credit does, moving the cursor as
     /// [`next_reliable`](Self::next_reliable) and
     /// [`write_reliable_fragment`](Self::write_reliable_fragment) would one fragment at a time.
-    /// Returns whether any was written.
+    /// Returns whether any was written. Kept out of `poll_transmit`, whose register pressure
+    /// would otherwise spill this loop's state.
+    #[inline(never)]
     fn write_new_reliable(&mut self, pn: u64, w: &mut Writer<'_>) -> bool {
         let (mut id, mut frag) = self.cursor;
         if id < self.out_base {
