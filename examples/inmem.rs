@@ -3,10 +3,13 @@
 //! message counts and divide the difference in instructions by the difference in messages.
 //!
 //! ```text
-//! cargo run --release --example inmem -- [--messages N] [--size BYTES] [--guarantee G]
+//! cargo run --release --example inmem -- [--messages N] [--size BYTES] [--guarantee G] [--ordered]
 //! ```
 //!
-//! Prints one JSON line: `{"messages","size","guarantee","elapsed_s","msgs_per_s","datagrams"}`.
+//! `--ordered` sends every message on ordered channel 0 (a reliable guarantee only).
+//!
+//! Prints one JSON line:
+//! `{"messages","size","guarantee","elapsed_s","msgs_per_s","datagrams","ordered"}`.
 // The example measures wall time; the protocol core itself never reads the clock.
 #![allow(clippy::disallowed_methods)]
 
@@ -17,11 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Args, Json};
-use surely::{Config, Connection, Event, Guarantee};
+use surely::{Config, Connection, Event, Guarantee, SendOptions};
 
 fn main() -> ExitCode {
     env_logger::init();
-    let args = match Args::parse("inmem", &["--messages", "--size", "--guarantee"], &[]) {
+    let args = match Args::parse(
+        "inmem",
+        &["--messages", "--size", "--guarantee"],
+        &["--ordered"],
+    ) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("inmem: {e}");
@@ -39,6 +46,11 @@ fn main() -> ExitCode {
         Ok(p) => p,
         Err(e) => return args.fail(&e),
     };
+    let ordered = args.has("--ordered");
+    if ordered && !g.is_reliable() {
+        return args.fail("--ordered needs at-least-once or exactly-once");
+    }
+    let opts = SendOptions::new(g).ordered(ordered);
     let config = Arc::new(Config::default());
     let start = Instant::now();
     let mut now = start;
@@ -51,7 +63,7 @@ fn main() -> ExitCode {
         // The application queues a batch, then the connections exchange datagrams.
         let batch = (messages - sent).min(256);
         for _ in 0..batch {
-            a.send(now, &payload, g).expect("send");
+            a.send(now, &payload, opts).expect("send");
             sent += 1;
         }
         loop {
@@ -97,6 +109,7 @@ fn main() -> ExitCode {
             .num("elapsed_s", elapsed)
             .num("msgs_per_s", messages as f64 / elapsed.max(1e-9))
             .int("datagrams", datagrams)
+            .bool("ordered", ordered)
             .finish()
     );
     ExitCode::SUCCESS

@@ -230,6 +230,8 @@ fn bad_arguments_get_a_one_line_error_and_status_2() {
         ),
         ("sender", vec!["--to", "127.0.0.1:9", "--size", "3"]),
         ("sender", vec![]),
+        ("inmem", vec!["--guarantee", "at-most-once", "--ordered"]),
+        ("inmem", vec!["--messages", "many"]),
     ] {
         let out = Command::new(example(prog))
             .args(&args)
@@ -239,6 +241,33 @@ fn bad_arguments_get_a_one_line_error_and_status_2() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "{prog} {args:?}: {err}");
         assert!(err.starts_with(prog), "{err}");
+    }
+}
+
+#[test]
+fn inmem_runs_every_guarantee_unordered_and_ordered() {
+    for (guarantee, ordered) in [
+        ("exactly-once", false),
+        ("exactly-once", true),
+        ("at-least-once", true),
+        ("at-most-once", false),
+    ] {
+        let mut cmd = Command::new(example("inmem"));
+        cmd.args(["--messages", "3000", "--guarantee", guarantee]);
+        if ordered {
+            cmd.arg("--ordered");
+        }
+        let out = cmd.output().expect("run inmem");
+        let ctx = format!("{guarantee} ordered {ordered}: {out:?}");
+        assert!(out.status.success(), "{ctx}");
+        let j = json(&out, &ctx);
+        assert_eq!(num(&j, "messages"), 3000.0, "{ctx}");
+        assert_eq!(num(&j, "size"), 64.0, "{ctx}");
+        assert_eq!(field(&j, "guarantee"), guarantee, "{ctx}");
+        assert_eq!(field(&j, "ordered"), ordered.to_string(), "{ctx}");
+        for key in ["elapsed_s", "msgs_per_s", "datagrams"] {
+            num(&j, key);
+        }
     }
 }
 
