@@ -43,6 +43,22 @@ impl OrderedChannel {
         seq < self.next
     }
 
+    /// Whether `seq` is the next position and nothing is held: [`offer`](Self::offer) would
+    /// deliver it at once and nothing after it.
+    #[inline]
+    pub fn is_next_alone(&self, seq: u64) -> bool {
+        seq == self.next && self.held.is_empty()
+    }
+
+    /// Passes the next position, for a channel where
+    /// [`is_next_alone(next)`](Self::is_next_alone) holds: the same as offering a message at
+    /// `next`, without the delivery, which the caller makes.
+    #[inline]
+    pub fn pass_next_alone(&mut self) {
+        debug_assert!(self.held.is_empty());
+        self.next += 1;
+    }
+
     /// Offers position `seq`. Calls `deliver` for every message that is now in order (this one
     /// first if it is next), and holds it otherwise. Returns `false` if `seq` was already
     /// passed or is already held (nothing changed).

@@ -46,6 +46,25 @@ struct PacketEffect {
     close: Option<(u64, String)>,
 }
 
+/// Whether the fast paths for messages in line may be taken: always, outside tests.
+#[cfg(not(test))]
+#[inline(always)]
+fn fast_paths() -> bool {
+    true
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test switch: every message takes the general path, to check that the fast paths leave
+    /// the same state and events.
+    pub(super) static GENERAL_PATH_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn fast_paths() -> bool {
+    !GENERAL_PATH_ONLY.with(std::cell::Cell::get)
+}
+
 #[derive(Debug)]
 pub(super) struct RecvState {
     /// Packet numbers received (whose frames all took effect).
@@ -147,6 +166,18 @@ impl RecvState {
         } else {
             Err("channel sequence number used twice")
         }
+    }
+}
+
+impl RecvState {
+    /// Whether ordered channel `channel` exists and `seq` is its next position, with nothing
+    /// held (see [`OrderedChannel::is_next_alone`]).
+    #[inline]
+    fn is_next_alone(&self, channel: u8, seq: u64) -> bool {
+        self.channels
+            .get(channel as usize)
+            .and_then(Option::as_deref)
+            .is_some_and(|ch| ch.is_next_alone(seq))
     }
 }
 
@@ -385,7 +416,8 @@ impl Connection {
     }
 
     /// A reliable MESSAGE frame: the next message in line takes the short path, inlined with
-    /// the checks before it; any other goes to [`on_reliable_arrival`](Self::on_reliable_arrival).
+    /// the checks before it (an ordered one only if also next in its channel); any other goes to
+    /// [`on_reliable_arrival`](Self::on_reliable_arrival).
     #[inline(always)]
     fn on_reliable_message(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
         let id = m.id;
@@ -397,14 +429,26 @@ impl Connection {
         if !self.limits.in_window(id, base) || !self.check_fragment_caps(m) {
             return false;
         }
-        if m.chan_seq.is_none()
+        if self.is_next_in_line(id) {
+            match m.chan_seq {
+                None => return self.on_next_in_line::<false>(now, m),
+                Some(seq) if self.rx.is_next_alone(m.channel, seq) => {
+                    return self.on_next_in_line::<true>(now, m);
+                }
+                Some(_) => {}
+            }
+        }
+        self.on_reliable_arrival(now, m)
+    }
+
+    /// Whether reliable message `id` is the next one expected, with nothing above it received
+    /// or complete, in acknowledge-on-receipt mode.
+    #[inline(always)]
+    fn is_next_in_line(&self, id: u64) -> bool {
+        fast_paths()
             && self.config.ack_mode == AckMode::OnReceipt
             && self.rx.done.is_empty_at(id)
             && self.rx.seen.is_empty_at(id)
-        {
-            return self.on_next_in_line(now, m);
-        }
-        self.on_reliable_arrival(now, m)
     }
 
     /// A reliable message within the window other than the next in line: a copy, one that
@@ -458,17 +502,23 @@ impl Connection {
         accepted
     }
 
-    /// The common case in order: an unordered reliable message, acknowledged on receipt, that
-    /// is the next one expected, with nothing above it received or complete. The general path
-    /// would find it neither seen nor complete and no later message arrived first; handing it
-    /// over completes it, so both windows move past it, to empty windows at `id + 1`.
-    fn on_next_in_line(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
+    /// The common case in order: a reliable message, acknowledged on receipt, that is the next
+    /// one expected, with nothing above it received or complete; if ordered, also the next
+    /// position of its channel, with nothing held there. The general path would find it
+    /// neither seen nor complete and no later message arrived first, and its channel would
+    /// deliver it at once and nothing after it; handing it over completes it, so both windows
+    /// move past it, to empty windows at `id + 1` (and the channel to its next position).
+    /// `ORDERED`: whether the message has a channel position.
+    fn on_next_in_line<const ORDERED: bool>(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
         let id = m.id;
         let payload = match self.take_payload(now, Space::Reliable, m) {
             Ok(p) => p,
             Err(accepted) => return accepted,
         };
-        self.hand_over(id, m.channel, m.guarantee, false, payload, false);
+        if ORDERED {
+            self.channel_mut(m.channel).pass_next_alone();
+        }
+        self.hand_over(id, m.channel, m.guarantee, ORDERED, payload, false);
         self.rx.seen.pass_empty_base();
         self.rx.done.pass_empty_base();
         self.completed_to(id + 1);
