@@ -23,6 +23,19 @@ pub enum Rejection {
     BeyondWindow,
 }
 
+/// The slot an id not yet inserted takes in a [`DedupWindow`]: see
+/// [`DedupWindow::vacancy`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Vacancy {
+    /// Index of the word holding the slot.
+    word: usize,
+    /// The slot's bit in that word.
+    mask: u64,
+    /// The window's base when the vacancy was found (checked in debug builds).
+    #[cfg(debug_assertions)]
+    base: u64,
+}
+
 /// A sliding window of seen ids, one bit per id, stored as a ring buffer.
 ///
 /// ```text
@@ -114,6 +127,41 @@ impl DedupWindow {
             return Err(Rejection::Duplicate);
         }
         Ok(())
+    }
+
+    /// Where the id `base + offset` (`offset < capacity`) would be inserted: `None` if it was
+    /// inserted already ([`check`](Self::check) would say `Duplicate`), its slot otherwise.
+    /// [`fill`](Self::fill) then inserts it there as [`insert`](Self::insert) would, provided
+    /// the window did not change in between.
+    #[inline]
+    pub(crate) fn vacancy(&self, offset: usize) -> Option<Vacancy> {
+        debug_assert!(offset < self.capacity());
+        let slot = self.slot(offset);
+        let (word, mask) = (slot / 64, 1u64 << (slot % 64));
+        if self.words.get(word).is_some_and(|w| w & mask != 0) {
+            return None;
+        }
+        Some(Vacancy {
+            word,
+            mask,
+            #[cfg(debug_assertions)]
+            base: self.base,
+        })
+    }
+
+    /// Inserts the id of a [`vacancy`](Self::vacancy) found since the window last changed.
+    #[inline]
+    pub(crate) fn fill(&mut self, v: Vacancy) {
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(
+            v.base, self.base,
+            "the window moved since the vacancy was found"
+        );
+        if let Some(w) = self.words.get_mut(v.word) {
+            debug_assert!(*w & v.mask == 0, "the vacancy was filled already");
+            *w |= v.mask;
+            self.ones += 1;
+        }
     }
 
     /// Forgets that `id` was inserted (it may then be inserted again). Ids below the base or
@@ -609,6 +657,39 @@ mod tests {
         w.pass_empty_base();
         assert_eq!(w.base(), u64::MAX);
         assert!(!w.is_empty_at(u64::MAX));
+    }
+
+    #[test]
+    fn vacancy_and_fill_match_check_and_insert() {
+        for capacity in [64, 128, 192] {
+            // Two copies of the window: one takes ids through vacancy + fill, the other through
+            // check + insert; advances move the head around the ring between them.
+            let mut rng = Rng::new(7 + capacity as u64);
+            let mut fast = DedupWindow::new(1 << 40, capacity);
+            let mut slow = fast.clone();
+            for step in 0..5000 {
+                let offset = rng.below(capacity as u64) as usize;
+                let id = fast.base() + offset as u64;
+                let vacancy = fast.vacancy(offset);
+                let verdict = slow.check(id);
+                assert_eq!(vacancy.is_some(), verdict.is_ok(), "step {step}");
+                assert_eq!(verdict.is_err(), fast.contains(id));
+                if let Some(v) = vacancy {
+                    fast.fill(v);
+                    assert_eq!(slow.insert(id), Ok(()));
+                    assert!(fast.contains(id));
+                }
+                if rng.chance(0.2) {
+                    let to = fast.base() + rng.below(capacity as u64 / 2);
+                    assert_eq!(fast.advance_to(to), slow.advance_to(to));
+                }
+                assert_eq!(
+                    (fast.base, fast.head, fast.ones, &fast.words),
+                    (slow.base, slow.head, slow.ones, &slow.words),
+                    "capacity {capacity} step {step}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -725,7 +725,23 @@ impl Connection {
         self.schedule_ack(now, true);
     }
 
+    /// An at-most-once MESSAGE frame: one the window holds without moving takes the short
+    /// path, inlined with the check for it; any other goes to
+    /// [`on_amo_arrival`](Self::on_amo_arrival).
+    #[inline(always)]
     fn on_amo_message(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
+        // Ids and the base stay below 2^62 (varints; the initial id is validated), so an id
+        // below the base wraps to an offset far above any window.
+        let offset = m.id.wrapping_sub(self.rx.amo.base());
+        if fast_paths() && offset < self.config.amo_window {
+            // `amo_window` is at most the window's capacity, so `offset` fits a usize.
+            return self.on_amo_in_window(now, m, offset as usize);
+        }
+        self.on_amo_arrival(now, m)
+    }
+
+    /// An at-most-once message below the window's base or beyond `amo_window` from it.
+    fn on_amo_arrival(&mut self, now: Instant, m: &MessageFrame<'_>) -> bool {
         let id = m.id;
         if !self.check_fragment_caps(m) {
             return false;
@@ -745,6 +761,28 @@ impl Connection {
             Err(accepted) => return accepted,
         };
         let _ = self.rx.amo.insert(id);
+        self.hand_over(id, m.channel, Guarantee::AtMostOnce, false, payload, false);
+        true
+    }
+
+    /// [`on_amo_message`](Self::on_amo_message) for an id the window holds without moving, at
+    /// `offset` from its base (below `amo_window`): the general path's lookup and insert, made
+    /// once.
+    fn on_amo_in_window(&mut self, now: Instant, m: &MessageFrame<'_>, offset: usize) -> bool {
+        let id = m.id;
+        if !self.check_fragment_caps(m) {
+            return false;
+        }
+        let Some(vacancy) = self.rx.amo.vacancy(offset) else {
+            // Already inserted: a copy, as in the general path.
+            self.stats.duplicates_suppressed += 1;
+            return false;
+        };
+        let payload = match self.take_payload(now, Space::AtMostOnce, m) {
+            Ok(p) => p,
+            Err(accepted) => return accepted,
+        };
+        self.rx.amo.fill(vacancy);
         self.hand_over(id, m.channel, Guarantee::AtMostOnce, false, payload, false);
         true
     }

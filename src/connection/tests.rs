@@ -790,3 +790,186 @@ fn a_message_in_line_with_its_channel_holding_a_later_position_takes_the_general
     }
     assert_eq!(states[0], states[1]);
 }
+
+#[test]
+fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
+    // Hand-made packets, each with a fresh packet number, carry what an honest sender sends
+    // and what it never does: at-most-once ids repeated, below the window or far ahead of it,
+    // with floors moving under them; reliable ids near the front, repeated, ahead, with their
+    // channel positions (now and then a position out of step with the id); fragments;
+    // FORWARD entries. One receiver takes the fast paths, the other only the general path;
+    // everything observable must be the same.
+    use super::recv::GENERAL_PATH_ONLY;
+
+    /// Each reliable id's channel and position, assigned in id order as a sender would.
+    struct Meta {
+        of: Vec<(u8, Option<u64>)>,
+        next: [u64; 3],
+    }
+    impl Meta {
+        fn get(&mut self, id: u64, rng: &mut crate::rng::Rng) -> (u8, Option<u64>) {
+            while self.of.len() as u64 <= id {
+                let channel = rng.below(3) as u8;
+                let seq = rng.chance(0.6).then(|| {
+                    self.next[channel as usize] += 1;
+                    self.next[channel as usize] - 1
+                });
+                self.of.push((channel, seq));
+            }
+            let (channel, seq) = self.of[id as usize];
+            if rng.chance(0.01) {
+                // Out of step: a position another id has, or will have.
+                let seq = seq.map(|s| (s + rng.below(5)).saturating_sub(2));
+                return (channel, seq);
+            }
+            (channel, seq)
+        }
+    }
+
+    let (mut delivered, mut resets) = (0, 0);
+    for seed in 0..12u64 {
+        let mut rng = crate::rng::Rng::new(100 + seed);
+        let mut now = t0();
+        let config = Config::default()
+            .amo_window(64 + 13 * (seed % 4))
+            .reassembly_timeout(Duration::from_millis(20));
+        let mut fast = conn(config.clone(), now);
+        let mut general = conn(config.clone(), now);
+        let (mut amo_next, mut rel_next) = (0u64, 0u64);
+        let mut meta = Meta {
+            of: Vec::new(),
+            next: [0; 3],
+        };
+        let mut pn = 0u32;
+        let mut buf = vec![0u8; 2048];
+        let mut buf2 = vec![0u8; 2048];
+        let payload: Vec<u8> = (0..=255).collect();
+        for step in 0..2500 {
+            if fast.state != State::Established {
+                resets += 1;
+                fast = conn(config.clone(), now);
+                general = conn(config.clone(), now);
+                (amo_next, rel_next, pn) = (0, 0, 0);
+                meta = Meta {
+                    of: Vec::new(),
+                    next: [0; 3],
+                };
+            }
+            let mut forward_raw = [0u8; 64];
+            let forward_len = rng.chance(0.05).then(|| {
+                // FORWARD, one entry: type, count, id, flags, [channel, seq].
+                let id = rel_next + rng.below(4);
+                let (channel, seq) = meta.get(id, &mut rng);
+                let mut w = wire::Writer::new(&mut forward_raw);
+                w.put_u8(0x05).unwrap();
+                w.put_varint(1).unwrap();
+                w.put_varint(id).unwrap();
+                if let Some(seq) = seq {
+                    w.put_u8(1).unwrap();
+                    w.put_u8(channel).unwrap();
+                    w.put_varint(seq).unwrap();
+                } else {
+                    w.put_u8(0).unwrap();
+                }
+                w.position()
+            });
+            let mut frames: Vec<Frame<'_>> = Vec::new();
+            if let Some(n) = forward_len {
+                frames.push(wire::frames(&forward_raw[..n]).next().unwrap().unwrap());
+            }
+            for _ in 0..rng.range_inclusive(1, 3) {
+                let fragment = rng.chance(0.1).then(|| wire::Fragment {
+                    total_len: 20,
+                    count: 2,
+                    index: rng.below(2),
+                });
+                let len = if fragment.is_some() {
+                    10
+                } else {
+                    rng.below(40) as usize
+                };
+                let body = &payload[..len];
+                match rng.below(18) {
+                    0..=7 => {
+                        let id = match rng.below(10) {
+                            0..=5 => {
+                                amo_next += 1;
+                                amo_next - 1
+                            }
+                            6 | 7 => amo_next.saturating_sub(rng.below(80)),
+                            _ => amo_next + rng.below(150),
+                        };
+                        frames.push(Frame::Message(MessageFrame {
+                            guarantee: Guarantee::AtMostOnce,
+                            channel: rng.below(3) as u8,
+                            id,
+                            chan_seq: None,
+                            fragment,
+                            payload: body,
+                        }));
+                    }
+                    8 => frames.push(Frame::AmoFloor {
+                        floor: amo_next.saturating_sub(30) + rng.below(60),
+                    }),
+                    _ => {
+                        let id = match rng.below(10) {
+                            0..=6 => {
+                                rel_next += 1;
+                                rel_next - 1
+                            }
+                            7 | 8 => rel_next.saturating_sub(rng.below(10)),
+                            _ => rel_next + rng.below(10),
+                        };
+                        let (channel, chan_seq) = meta.get(id, &mut rng);
+                        let guarantee = if id % 3 == 0 {
+                            Guarantee::AtLeastOnce
+                        } else {
+                            Guarantee::ExactlyOnce
+                        };
+                        frames.push(Frame::Message(MessageFrame {
+                            guarantee,
+                            channel,
+                            id,
+                            chan_seq,
+                            fragment,
+                            payload: body,
+                        }));
+                    }
+                }
+            }
+            pn += 1 + (rng.chance(0.05) as u32);
+            let d = datagram(pn, &frames);
+            let before = fast.stats.messages_received;
+            let a = fast.handle_datagram(now, &d);
+            GENERAL_PATH_ONLY.with(|g| g.set(true));
+            let b = general.handle_datagram(now, &d);
+            GENERAL_PATH_ONLY.with(|g| g.set(false));
+            delivered += fast.stats.messages_received - before;
+            let ctx = format!("seed {seed} step {step} {frames:?}");
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
+            assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
+            loop {
+                let (a, b) = (fast.poll_event(), general.poll_event());
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
+                if a.is_none() {
+                    break;
+                }
+            }
+            if rng.chance(0.2) {
+                loop {
+                    let a = fast.poll_transmit(now, &mut buf);
+                    let b = general.poll_transmit(now, &mut buf2);
+                    assert_eq!(a, b, "{ctx}");
+                    let Some(n) = a else { break };
+                    assert_eq!(buf[..n], buf2[..n], "{ctx}");
+                }
+                now += Duration::from_millis(rng.below(15));
+                fast.handle_timeout(now);
+                general.handle_timeout(now);
+                assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
+            }
+        }
+    }
+    assert!(delivered > 10_000, "{delivered}");
+    assert!(resets > 0 && resets < 200, "{resets}");
+}
