@@ -41,7 +41,6 @@ pub(super) struct OutMsg {
     pub channel: u8,
     pub chan_seq: Option<u64>,
     pub queued_at: Instant,
-    pub deadline: Option<Instant>,
     pub max_retransmits: u32,
     /// Fragment count (1 = not fragmented).
     pub count: u32,
@@ -57,17 +56,24 @@ pub(super) enum Frags {
 }
 
 impl Frags {
+    const QUEUED: Frag = Frag {
+        state: FragState::Queued,
+        retransmits: 0,
+    };
+
     #[inline]
     fn new(count: u32) -> Frags {
-        let f = Frag {
-            state: FragState::Queued,
-            retransmits: 0,
-        };
         if count <= 1 {
-            Frags::One([f])
+            Frags::One([Self::QUEUED])
         } else {
-            Frags::Many(vec![f; count as usize])
+            Self::many(count)
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn many(count: u32) -> Frags {
+        Frags::Many(vec![Self::QUEUED; count as usize])
     }
 }
 
@@ -200,7 +206,6 @@ impl Connection {
                 channel: opts.channel,
                 chan_seq,
                 queued_at: now,
-                deadline,
                 max_retransmits: opts
                     .max_retransmits
                     .unwrap_or(self.config.default_max_retransmits),
@@ -405,7 +410,9 @@ impl Connection {
 
     fn deadline_is_live(&self, d: Instant, reliable: bool, id: u64) -> bool {
         if reliable {
-            self.outbox_get(id).is_some_and(|m| m.deadline == Some(d))
+            // A reliable message keeps no copy of its deadline: each one with a deadline has
+            // exactly one entry in the heap, and ids are never reused.
+            self.outbox_get(id).is_some()
         } else {
             let idx = id.checked_sub(self.amo_base).map(|i| i as usize);
             idx.and_then(|i| self.amo_out.get(i))
@@ -744,21 +751,29 @@ impl Connection {
             }
         }
         let mut latencies = Latencies::new(now);
-        while self.out_base < f.cumulative {
+        // The counters are settled once for the whole run.
+        let (mut id, mut done, mut bytes) = (self.out_base, 0, 0);
+        while id < f.cumulative {
             match self.outbox.pop_front() {
                 Some(Some(msg)) => {
-                    let id = self.out_base;
-                    self.out_base += 1;
-                    self.pending_messages -= 1;
-                    self.pending_bytes -= msg.payload.len();
+                    done += 1;
+                    bytes += msg.payload.len();
                     latencies.add(msg.queued_at, &mut self.stats.latency);
-                    self.deliver_outcome(id, msg.guarantee);
+                    self.events.push_back(Event::Delivered {
+                        id: MessageId(id),
+                        guarantee: msg.guarantee,
+                    });
                     self.give_buffer(msg.payload);
                 }
-                Some(None) => self.out_base += 1,
+                Some(None) => {}
                 None => break,
             }
+            id += 1;
         }
+        self.out_base = id;
+        self.pending_messages -= done;
+        self.pending_bytes -= bytes;
+        self.stats.delivered += done as u64;
         while let Some(None) = self.outbox.front() {
             self.outbox.pop_front();
             self.out_base += 1;
