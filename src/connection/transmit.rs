@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::ledger::{SentFrame, carried};
-use super::send::FragState;
+use super::send::{FragState, Frags};
 use super::{Connection, State};
 use crate::message::Guarantee;
 use crate::seq::PacketNumber;
@@ -400,21 +400,37 @@ impl Connection {
                         self.cursor = (id, frag);
                         return wrote;
                     }
-                    let frame = message_frame(
-                        msg.guarantee,
-                        msg.channel,
-                        id,
-                        msg.chan_seq,
-                        msg.count,
-                        frag,
-                        &msg.payload,
-                    );
                     // A frame that does not fit is refused whole (nothing written).
-                    if frame.is_none_or(|f| f.emit(w).is_err()) {
+                    let written = if msg.count <= 1 && msg.chan_seq.is_none() {
+                        // The common shape, written from the fields (as `emit` would).
+                        wire::emit_whole_unordered_message(
+                            msg.guarantee,
+                            msg.channel,
+                            id,
+                            &msg.payload,
+                            w,
+                        )
+                        .is_ok()
+                    } else {
+                        message_frame(
+                            msg.guarantee,
+                            msg.channel,
+                            id,
+                            msg.chan_seq,
+                            msg.count,
+                            frag,
+                            &msg.payload,
+                        )
+                        .is_some_and(|f| f.emit(w).is_ok())
+                    };
+                    if !written {
                         self.cursor = (id, frag);
                         return wrote;
                     }
-                    msg.frags[frag as usize].state = FragState::InFlight(pn);
+                    match &mut msg.frags {
+                        Frags::One([f]) => f.state = FragState::InFlight(pn),
+                        Frags::Many(v) => v[frag as usize].state = FragState::InFlight(pn),
+                    }
                     self.ledger.push_frame(SentFrame::Reliable { id, frag });
                     wrote = true;
                     frag += 1;

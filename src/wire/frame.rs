@@ -308,18 +308,7 @@ impl<'a> MessageFrame<'a> {
     #[inline]
     fn emit_whole_unordered(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         debug_assert!(self.chan_seq.is_none() && self.fragment.is_none());
-        let len = len_u64(self.payload.len());
-        check_varint(self.id)?;
-        check_varint(len)?;
-        let total = 3 + varint_len(self.id) + varint_len(len) + self.payload.len();
-        // The frame's bytes are taken whole, then filled in: every write below fits.
-        let mut w = w.split_off(total)?;
-        w.put_array([ty::MESSAGE, self.guarantee.to_bits(), self.channel])?;
-        w.put_varint(self.id)?;
-        w.put_varint(len)?;
-        w.put_slice(self.payload)?;
-        debug_assert_eq!(w.remaining(), 0);
-        Ok(())
+        emit_whole_unordered_message(self.guarantee, self.channel, self.id, self.payload, w)
     }
 
     /// [`emit`](Self::emit) for any shape.
@@ -557,6 +546,32 @@ impl Iterator for ForwardEntries<'_> {
 
 impl ExactSizeIterator for ForwardEntries<'_> {}
 impl FusedIterator for ForwardEntries<'_> {}
+
+/// Writes the MESSAGE frame of a whole, unordered message: what
+/// [`MessageFrame::emit`] writes for that shape, from the fields themselves rather than a
+/// frame built for the call. Errors, with nothing written: [`WireError::BufferTooSmall`],
+/// [`WireError::ValueTooLarge`].
+#[inline]
+pub(crate) fn emit_whole_unordered_message(
+    guarantee: Guarantee,
+    channel: u8,
+    id: u64,
+    payload: &[u8],
+    w: &mut Writer<'_>,
+) -> Result<(), WireError> {
+    let len = len_u64(payload.len());
+    check_varint(id)?;
+    check_varint(len)?;
+    let total = 3 + varint_len(id) + varint_len(len) + payload.len();
+    // The frame's bytes are taken whole, then filled in: every write below fits.
+    let mut w = w.split_off(total)?;
+    w.put_array([ty::MESSAGE, guarantee.to_bits(), channel])?;
+    w.put_varint(id)?;
+    w.put_varint(len)?;
+    w.put_slice(payload)?;
+    debug_assert_eq!(w.remaining(), 0);
+    Ok(())
+}
 
 /// Emits a FORWARD frame with every entry. An empty list writes nothing. Errors, with nothing
 /// written: [`WireError::BufferTooSmall`], [`WireError::ValueTooLarge`].
