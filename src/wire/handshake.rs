@@ -228,7 +228,7 @@ impl<'a> HandshakePacket<'a> {
         }
     }
 
-    /// Opens a datagram (length, tag, header: see [`open`](super::open)) and parses it.
+    /// Opens a datagram (length, tag, header: see [`open`]) and parses it.
     pub fn decode(
         datagram: &'a [u8],
         integrity: &dyn Integrity,
