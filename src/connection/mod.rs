@@ -136,6 +136,8 @@ pub struct Connection {
     /// The configured caps, checked in [`crate::limits`].
     limits: ConnectionLimits,
     integrity: Box<dyn Integrity>,
+    /// Whether `integrity` is the default CRC-32, the check an endpoint makes before routing.
+    crc32_integrity: bool,
     local_cid: u64,
     remote_cid: u64,
     state: State,
@@ -260,6 +262,7 @@ impl Connection {
         };
         let mut conn = Connection {
             integrity: Box::new(Crc32),
+            crc32_integrity: true,
             local_cid,
             remote_cid,
             state: State::Established,
@@ -325,6 +328,7 @@ impl Connection {
     /// Replaces the integrity check (default: CRC-32). Both ends must use the same one.
     pub fn with_integrity(mut self, integrity: Box<dyn Integrity>) -> Self {
         self.integrity = integrity;
+        self.crc32_integrity = false;
         self
     }
 
@@ -447,16 +451,17 @@ impl Connection {
         self.on_datagram(now, datagram, false)
     }
 
-    /// [`handle_datagram`](Self::handle_datagram) for a datagram whose tag was already
-    /// verified with this connection's integrity check. An [`Endpoint`](crate::Endpoint)
-    /// verifies every datagram before it routes it, with the CRC-32 its connections use.
-    pub(crate) fn handle_verified_datagram(
+    /// [`handle_datagram`](Self::handle_datagram) for a datagram whose CRC-32 was already
+    /// verified: an [`Endpoint`](crate::Endpoint) checks every datagram before it routes it.
+    /// The check is not repeated when this connection uses CRC-32 too; a connection with
+    /// another integrity check (see [`with_integrity`](Self::with_integrity)) makes its own.
+    pub(crate) fn handle_crc32_verified_datagram(
         &mut self,
         now: Instant,
         datagram: &[u8],
     ) -> Result<(), DatagramError> {
         self.drain_tokens(now);
-        self.on_datagram(now, datagram, true)
+        self.on_datagram(now, datagram, self.crc32_integrity)
     }
 
     /// Processes expired timers. Call when [`poll_timeout`](Self::poll_timeout)'s deadline

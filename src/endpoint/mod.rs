@@ -603,9 +603,9 @@ impl Endpoint {
         };
         match self.entry_mut(idx) {
             Some(Entry::Open(o)) if o.remote == from => {
-                // Errors are counted by the connection. `handle_datagram` verified the tag
-                // with CRC-32, the check every connection of an endpoint uses.
-                let _ = o.conn.handle_verified_datagram(now, datagram);
+                // Errors are counted by the connection. `handle_datagram` verified the
+                // datagram's CRC-32; the connection checks again only if it uses another check.
+                let _ = o.conn.handle_crc32_verified_datagram(now, datagram);
                 self.enqueue(idx, true);
                 self.refresh_timer(idx);
             }
