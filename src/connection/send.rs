@@ -759,10 +759,7 @@ impl Connection {
                     done += 1;
                     bytes += msg.payload.len();
                     latencies.add(msg.queued_at, &mut self.stats.latency);
-                    self.events.push_back(Event::Delivered {
-                        id: MessageId(id),
-                        guarantee: msg.guarantee,
-                    });
+                    self.deliver_outcome(id, msg.guarantee);
                     self.give_buffer(msg.payload);
                 }
                 Some(None) => {}
@@ -773,7 +770,6 @@ impl Connection {
         self.out_base = id;
         self.pending_messages -= done;
         self.pending_bytes -= bytes;
-        self.stats.delivered += done as u64;
         while let Some(None) = self.outbox.front() {
             self.outbox.pop_front();
             self.out_base += 1;

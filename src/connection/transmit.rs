@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use super::ledger::{SentFrame, carried};
-use super::send::{FragState, Frags};
+use super::ledger::{Ledger, SentFrame, carried};
+use super::send::{FragState, Frags, OutMsg};
 use super::{Connection, State};
 use crate::message::Guarantee;
 use crate::seq::PacketNumber;
@@ -400,38 +400,10 @@ impl Connection {
                         self.cursor = (id, frag);
                         return wrote;
                     }
-                    // A frame that does not fit is refused whole (nothing written).
-                    let written = if msg.count <= 1 && msg.chan_seq.is_none() {
-                        // The common shape, written from the fields (as `emit` would).
-                        wire::emit_whole_unordered_message(
-                            msg.guarantee,
-                            msg.channel,
-                            id,
-                            &msg.payload,
-                            w,
-                        )
-                        .is_ok()
-                    } else {
-                        message_frame(
-                            msg.guarantee,
-                            msg.channel,
-                            id,
-                            msg.chan_seq,
-                            msg.count,
-                            frag,
-                            &msg.payload,
-                        )
-                        .is_some_and(|f| f.emit(w).is_ok())
-                    };
-                    if !written {
+                    if !write_out_fragment(msg, &mut self.ledger, pn, id, frag, w) {
                         self.cursor = (id, frag);
                         return wrote;
                     }
-                    match &mut msg.frags {
-                        Frags::One([f]) => f.state = FragState::InFlight(pn),
-                        Frags::Many(v) => v[frag as usize].state = FragState::InFlight(pn),
-                    }
-                    self.ledger.push_frame(SentFrame::Reliable { id, frag });
                     wrote = true;
                     frag += 1;
                 }
@@ -450,24 +422,7 @@ impl Connection {
         let Some(Some(msg)) = self.outbox.get_mut(idx) else {
             return false;
         };
-        let Some(frame) = message_frame(
-            msg.guarantee,
-            msg.channel,
-            id,
-            msg.chan_seq,
-            msg.count,
-            frag,
-            &msg.payload,
-        ) else {
-            return false;
-        };
-        // A frame that does not fit is refused whole (nothing written).
-        if frame.emit(w).is_err() {
-            return false;
-        }
-        msg.frags[frag as usize].state = FragState::InFlight(pn);
-        self.ledger.push_frame(SentFrame::Reliable { id, frag });
-        true
+        write_out_fragment(msg, &mut self.ledger, pn, id, frag, w)
     }
 
     fn write_amo_fragment(&mut self, id: u64, frag: u32, w: &mut Writer<'_>) -> bool {
@@ -531,6 +486,42 @@ fn next_unsent<T>(
             }
         }
     }
+}
+
+/// Writes fragment `frag` of reliable message `id` and records it in flight in packet `pn`.
+/// A frame that does not fit is refused whole: nothing written, nothing recorded.
+#[inline(always)]
+fn write_out_fragment(
+    msg: &mut OutMsg,
+    ledger: &mut Ledger,
+    pn: u64,
+    id: u64,
+    frag: u32,
+    w: &mut Writer<'_>,
+) -> bool {
+    let written = if msg.count <= 1 && msg.chan_seq.is_none() {
+        // The common shape, written from the fields (as `MessageFrame::emit` would).
+        wire::emit_whole_unordered_message(msg.guarantee, msg.channel, id, &msg.payload, w).is_ok()
+    } else {
+        message_frame(
+            msg.guarantee,
+            msg.channel,
+            id,
+            msg.chan_seq,
+            msg.count,
+            frag,
+            &msg.payload,
+        )
+        .is_some_and(|f| f.emit(w).is_ok())
+    };
+    if written {
+        match &mut msg.frags {
+            Frags::One([f]) => f.state = FragState::InFlight(pn),
+            Frags::Many(v) => v[frag as usize].state = FragState::InFlight(pn),
+        }
+        ledger.push_frame(SentFrame::Reliable { id, frag });
+    }
+    written
 }
 
 /// The MESSAGE frame for fragment `frag` of a message cut into `count` fragments.
