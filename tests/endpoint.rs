@@ -872,55 +872,64 @@ fn transport_settings_are_negotiated() {
     assert!(failed);
 }
 
-/// An integrity check with CRC-32's tag that refuses every datagram.
+/// An integrity check with CRC-32's tag whose verdict is fixed: `Verdict(false)` refuses
+/// every datagram, `Verdict(true)` checks the CRC-32 as the default does.
 #[derive(Debug)]
-struct RefuseAll;
+struct Verdict(bool);
 
-impl surely::wire::Integrity for RefuseAll {
+impl surely::wire::Integrity for Verdict {
     fn tag_len(&self) -> usize {
         4
     }
     fn seal(&self, data: &[u8], tag: &mut [u8]) {
         Crc32.seal(data, tag)
     }
-    fn verify(&self, _data: &[u8], _tag: &[u8]) -> bool {
-        false
+    fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
+        self.0 && Crc32.verify(data, tag)
     }
 }
 
 #[test]
 fn a_connection_with_its_own_integrity_check_under_an_endpoint_still_makes_that_check() {
     // The endpoint checks every datagram's CRC-32 before routing it; a connection that uses
-    // another check must still apply its own, not rely on the endpoint's.
-    let mut w = World::new(1, 2, |i| {
-        if i == 0 {
-            Some(EndpointConfig::default())
-        } else {
-            client_config()
+    // another check must still apply its own, not rely on the endpoint's. The control: the
+    // same swap with a check that accepts delivers the message.
+    for accept in [false, true] {
+        let mut w = World::new(1, 2, |i| {
+            if i == 0 {
+                Some(EndpointConfig::default())
+            } else {
+                client_config()
+            }
+        });
+        w.link_all(LinkConfig::perfect(ms(10)));
+        let (hc, hs) = handshake(&mut w, 1);
+        let now = w.now;
+        {
+            let s = w.ep(0).connection_mut(hs).unwrap();
+            let swapped = surely::Connection::new(
+                std::sync::Arc::new(Config::default()),
+                s.local_cid(),
+                s.remote_cid(),
+                now,
+            )
+            .unwrap()
+            .with_integrity(Box::new(Verdict(accept)));
+            let _ = std::mem::replace(s, swapped);
         }
-    });
-    w.link_all(LinkConfig::perfect(ms(10)));
-    let (hc, hs) = handshake(&mut w, 1);
-    let now = w.now;
-    {
-        let s = w.ep(0).connection_mut(hs).unwrap();
-        let strict = surely::Connection::new(
-            std::sync::Arc::new(Config::default()),
-            s.local_cid(),
-            s.remote_cid(),
-            now,
-        )
-        .unwrap()
-        .with_integrity(Box::new(RefuseAll));
-        let _ = std::mem::replace(s, strict);
+        w.ep(1)
+            .connection_mut(hc)
+            .unwrap()
+            .send(now, b"hello", Guarantee::ExactlyOnce)
+            .unwrap();
+        w.run_until(ms(200), |_| false);
+        let st = w.ep(0).connection(hs).unwrap().stats();
+        if accept {
+            assert_eq!(st.messages_received, 1, "{st:?}");
+            assert_eq!(st.dropped_malformed, 0, "{st:?}");
+        } else {
+            assert_eq!(st.messages_received, 0, "{st:?}");
+            assert!(st.dropped_malformed > 0, "{st:?}");
+        }
     }
-    w.ep(1)
-        .connection_mut(hc)
-        .unwrap()
-        .send(now, b"hello", Guarantee::ExactlyOnce)
-        .unwrap();
-    w.run_until(ms(200), |_| false);
-    let st = w.ep(0).connection(hs).unwrap().stats();
-    assert_eq!(st.messages_received, 0, "{st:?}");
-    assert!(st.dropped_malformed > 0, "{st:?}");
 }

@@ -65,6 +65,25 @@ fn fast_paths() -> bool {
     !GENERAL_PATH_ONLY.with(std::cell::Cell::get)
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Test counter: messages taken by each fast path (next in line unordered, next in line
+    /// ordered, at-most-once in the window), so that tests can show the fast paths ran.
+    pub(super) static FAST_PATH_HITS: std::cell::Cell<[u64; 3]> = const { std::cell::Cell::new([0; 3]) };
+}
+
+/// Counts a message taken by fast path `kind` (see `FAST_PATH_HITS`); nothing outside tests.
+#[inline(always)]
+fn count_fast_path(kind: usize) {
+    #[cfg(test)]
+    FAST_PATH_HITS.with(|h| {
+        let mut v = h.get();
+        v[kind] += 1;
+        h.set(v);
+    });
+    let _ = kind;
+}
+
 #[derive(Debug)]
 pub(super) struct RecvState {
     /// Packet numbers received (whose frames all took effect).
@@ -515,6 +534,7 @@ impl Connection {
             Ok(p) => p,
             Err(accepted) => return accepted,
         };
+        count_fast_path(usize::from(ORDERED));
         if ORDERED {
             self.channel_mut(m.channel).pass_next_alone();
         }
@@ -782,6 +802,7 @@ impl Connection {
             Ok(p) => p,
             Err(accepted) => return accepted,
         };
+        count_fast_path(2);
         self.rx.amo.fill(vacancy);
         self.hand_over(id, m.channel, Guarantee::AtMostOnce, false, payload, false);
         true

@@ -885,8 +885,7 @@ mod tests {
     fn varint_form(v: u64, form: usize) -> Vec<u8> {
         let bits = 8 * form - 2;
         let v = if bits >= 64 { v } else { v & ((1 << bits) - 1) };
-        let code = u64::from(form.trailing_zeros());
-        (v & MAX_VARINT | code << bits).to_be_bytes()[8 - form..].to_vec()
+        super::super::varint::reference(v & MAX_VARINT, form)
     }
 
     proptest::proptest! {

@@ -33,6 +33,18 @@ pub fn varint_len(v: u64) -> usize {
     }
 }
 
+/// The RFC 9000 encoding of `v` in `len` (1, 2, 4 or 8) bytes, shortest or not: the two
+/// length bits, then the value, big-endian. Written independently of [`Writer`] as a reference
+/// for tests; `v` must fit the form.
+///
+/// [`Writer`]: super::Writer
+#[cfg(test)]
+pub(crate) fn reference(v: u64, len: usize) -> Vec<u8> {
+    let code = u64::from(len.trailing_zeros());
+    let bytes = (v | code << (8 * len - 2)).to_be_bytes();
+    bytes[8 - len..].to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Reader, Writer};
@@ -96,14 +108,6 @@ mod tests {
         for bytes in forms {
             assert_eq!(Reader::new(bytes).varint(), Ok(5));
         }
-    }
-
-    /// The RFC 9000 encoding of `v` in `len` bytes: the two length bits, then the value,
-    /// big-endian.
-    fn reference(v: u64, len: usize) -> Vec<u8> {
-        let code = u64::from(len.trailing_zeros());
-        let bytes = (v | code << (8 * len - 2)).to_be_bytes();
-        bytes[8 - len..].to_vec()
     }
 
     proptest::proptest! {
