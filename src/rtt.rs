@@ -9,28 +9,41 @@ use std::time::Duration;
 ///
 /// Before the first sample, [`smoothed`](Self::smoothed), [`latest`](Self::latest) and
 /// [`min`](Self::min) report the initial RTT and [`rttvar`](Self::rttvar) half of it.
+///
+/// The values are kept in whole nanoseconds (`u64`, which saturates at about 584 years), so an
+/// update is a handful of integer operations; the results are those of the same arithmetic on
+/// [`Duration`]s, which truncates to the nanosecond too.
 #[derive(Debug, Clone)]
 pub struct RttEstimator {
-    /// The most recent raw sample.
-    latest: Duration,
+    /// The most recent raw sample, in nanoseconds.
+    latest: u64,
     /// Exponentially weighted moving average of the (ack-delay-adjusted) samples.
-    smoothed: Duration,
+    smoothed: u64,
     /// Mean deviation of the samples.
-    rttvar: Duration,
+    rttvar: u64,
     /// The smallest raw sample seen.
-    min: Duration,
+    min: u64,
     /// Whether `update` was ever called.
     has_samples: bool,
+}
+
+/// `d` in nanoseconds, saturating at `u64::MAX`.
+#[inline]
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 impl RttEstimator {
     /// Creates an estimator that assumes `initial_rtt` until the first sample.
     pub fn new(initial_rtt: Duration) -> Self {
+        let initial = nanos(initial_rtt);
         RttEstimator {
-            latest: initial_rtt,
-            smoothed: initial_rtt,
-            rttvar: initial_rtt / 2,
-            min: initial_rtt,
+            latest: initial,
+            smoothed: initial,
+            rttvar: initial / 2,
+            min: initial,
             has_samples: false,
         }
     }
@@ -44,6 +57,7 @@ impl RttEstimator {
     /// variation to half of it; later ones update both with gains 1/8 and 1/4, the variation
     /// using the previous smoothed value (RFC 6298 section 2.3).
     pub fn update(&mut self, sample: Duration, ack_delay: Duration, max_ack_delay: Duration) {
+        let sample = nanos(sample);
         self.latest = sample;
         if !self.has_samples {
             self.has_samples = true;
@@ -53,7 +67,7 @@ impl RttEstimator {
             return;
         }
         self.min = self.min.min(sample);
-        let ack_delay = ack_delay.min(max_ack_delay);
+        let ack_delay = nanos(ack_delay.min(max_ack_delay));
         let adjusted = sample
             .checked_sub(ack_delay)
             .filter(|adjusted| *adjusted >= self.min)
@@ -65,22 +79,22 @@ impl RttEstimator {
 
     /// The smoothed RTT.
     pub fn smoothed(&self) -> Duration {
-        self.smoothed
+        Duration::from_nanos(self.smoothed)
     }
 
     /// The RTT variation.
     pub fn rttvar(&self) -> Duration {
-        self.rttvar
+        Duration::from_nanos(self.rttvar)
     }
 
     /// The smallest sample seen (the initial RTT before any).
     pub fn min(&self) -> Duration {
-        self.min
+        Duration::from_nanos(self.min)
     }
 
     /// The most recent sample (the initial RTT before any).
     pub fn latest(&self) -> Duration {
-        self.latest
+        Duration::from_nanos(self.latest)
     }
 
     /// Whether at least one sample was fed.
@@ -96,10 +110,11 @@ impl RttEstimator {
         max_ack_delay: Duration,
         min_rto: Duration,
     ) -> Duration {
-        self.smoothed
-            .saturating_add(self.rttvar.saturating_mul(4).max(granularity))
-            .saturating_add(max_ack_delay)
-            .max(min_rto)
+        let pto = self
+            .smoothed
+            .saturating_add(self.rttvar.saturating_mul(4).max(nanos(granularity)))
+            .saturating_add(nanos(max_ack_delay));
+        Duration::from_nanos(pto).max(min_rto)
     }
 
     /// The time threshold after which an unacknowledged packet, older than an acknowledged
@@ -107,7 +122,7 @@ impl RttEstimator {
     /// section 6.1.2).
     pub fn loss_delay(&self, granularity: Duration) -> Duration {
         let rtt = self.smoothed.max(self.latest);
-        rtt.saturating_add(rtt / 8).max(granularity)
+        Duration::from_nanos(rtt.saturating_add(rtt / 8)).max(granularity)
     }
 }
 
@@ -217,6 +232,53 @@ mod tests {
         r.update(Duration::ZERO, Duration::MAX, Duration::MAX);
         let _ = r.pto(Duration::MAX, Duration::MAX, Duration::MAX);
         let _ = r.loss_delay(Duration::MAX);
+    }
+
+    /// The same update on `Duration`s, as RFC 9002 writes it: the estimator's integer
+    /// nanoseconds must give exactly these values.
+    fn reference(samples: &[(u64, u64)], max_ack_delay: Duration) -> [Duration; 4] {
+        let (mut latest, mut smoothed, mut rttvar, mut min) =
+            (ms(333), ms(333), ms(333) / 2, ms(333));
+        for (k, &(sample, delay)) in samples.iter().enumerate() {
+            let (sample, delay) = (Duration::from_nanos(sample), Duration::from_nanos(delay));
+            latest = sample;
+            if k == 0 {
+                (min, smoothed, rttvar) = (sample, sample, sample / 2);
+                continue;
+            }
+            min = min.min(sample);
+            let adjusted = sample
+                .checked_sub(delay.min(max_ack_delay))
+                .filter(|a| *a >= min)
+                .unwrap_or(sample);
+            let deviation = smoothed.abs_diff(adjusted);
+            rttvar = (rttvar * 3 + deviation) / 4;
+            smoothed = (smoothed * 7 + adjusted) / 8;
+        }
+        [latest, smoothed, rttvar, min]
+    }
+
+    proptest::proptest! {
+        /// Integer nanoseconds give what `Duration` arithmetic gives, for samples up to an
+        /// hour and any ack delay.
+        #[test]
+        fn nanosecond_arithmetic_matches_durations(
+            samples in proptest::collection::vec((0u64..3_600_000_000_000, 0u64..1_000_000_000), 1..50),
+            max_ack_delay_us in 0u64..100_000,
+        ) {
+            let max_ack_delay = Duration::from_micros(max_ack_delay_us);
+            let mut r = RttEstimator::new(ms(333));
+            for &(sample, delay) in &samples {
+                r.update(Duration::from_nanos(sample), Duration::from_nanos(delay), max_ack_delay);
+            }
+            proptest::prop_assert_eq!(
+                [r.latest(), r.smoothed(), r.rttvar(), r.min()],
+                reference(&samples, max_ack_delay)
+            );
+            let [_, smoothed, rttvar, _] = reference(&samples, max_ack_delay);
+            let pto = (smoothed + (rttvar * 4).max(MS) + max_ack_delay).max(ms(1));
+            proptest::prop_assert_eq!(r.pto(MS, max_ack_delay, ms(1)), pto);
+        }
     }
 
     #[test]
