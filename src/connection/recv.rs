@@ -292,9 +292,23 @@ impl Connection {
             urgent: false,
             close: None,
         };
-        for frame in &parsed[..count.min(INLINE_FRAMES)] {
-            if self.apply_frame(now, frame, &mut effect)? {
+        // ACK frames are applied after the packet's other frames: a MSG_ACK in the same packet
+        // has then already settled the messages it confirms, so the ACK does not mark each of
+        // their fragments received, and a packet it declares lost does not queue them again.
+        let inline = &parsed[..count.min(INLINE_FRAMES)];
+        let mut acks = false;
+        for frame in inline {
+            if matches!(frame, Frame::Ack(_)) {
+                acks = true;
+            } else if self.apply_frame(now, frame, &mut effect)? {
                 return Ok(());
+            }
+        }
+        if acks {
+            for frame in inline.iter().filter(|f| matches!(f, Frame::Ack(_))) {
+                if self.apply_frame(now, frame, &mut effect)? {
+                    return Ok(());
+                }
             }
         }
         if count > INLINE_FRAMES {
