@@ -35,6 +35,10 @@ pub struct Stats {
     pub retransmissions: u64,
     /// Packets declared lost.
     pub packets_lost: u64,
+    /// Times persistent congestion was established (RFC 9002 section 7.6: ack-eliciting
+    /// packets sent over more than three probe timeouts all lost): each time the congestion
+    /// window fell to its minimum.
+    pub persistent_congestion: u64,
     /// Loss probes (RFC 9002 PTO) fired.
     pub probes: u64,
     /// At-most-once messages of the peer proven lost (sum of [`Event::Lost`](crate::Event::Lost)).

@@ -1267,6 +1267,48 @@ fn retry_budget_exhausted_during_partition() {
     h.check_final(true);
 }
 
+/// RFC 9002 section 7.6: a partition much longer than three probe timeouts, during which
+/// messages were sent, is persistent congestion once the path returns. The window falls to its
+/// minimum (counted in `persistent_congestion`), and every message still arrives. The same
+/// traffic without the partition establishes none.
+#[test]
+fn a_long_partition_is_persistent_congestion_and_every_message_still_arrives() {
+    for partitioned in [false, true] {
+        let mut h = Harness::with(Config::default().rng_seed(19), 19);
+        h.links(LinkConfig::perfect(ms(10)));
+        // First an RTT sample: losses before one never establish persistent congestion.
+        let warm = h.send(100, SendOptions::new(EO)).unwrap();
+        let t0 = h.now();
+        assert!(h.run_until(t0 + secs(1), |h| h.all_outcomes()));
+        assert_eq!(h.outcome(warm), Some(Ok(())));
+        let t1 = h.now();
+        if partitioned {
+            h.pair.net.partition(NODE_A, NODE_B, t1, t1 + secs(3));
+        }
+        let mut sent = Vec::new();
+        for _ in 0..20 {
+            sent.push(h.send(100, SendOptions::new(EO)).unwrap());
+            let next = h.now() + ms(100);
+            h.run_until(next, |_| false);
+        }
+        assert!(
+            h.run_until(t1 + secs(30), |h| h.all_outcomes()),
+            "{}",
+            h.diag()
+        );
+        for k in sent {
+            assert_eq!(h.outcome(k), Some(Ok(())), "{k:?}");
+            assert_eq!(h.count(k), 1);
+        }
+        let a = h.pair.a.stats();
+        assert_eq!(a.persistent_congestion > 0, partitioned, "{a:?}");
+        if partitioned {
+            assert!(a.packets_lost > 0, "{a:?}");
+        }
+        h.check_final(true);
+    }
+}
+
 /// Every datagram from `a` longer than 600 bytes is lost; everything else gets through. So
 /// every copy of a 700-byte message is lost while acknowledgements flow: loss detection
 /// retransmits it until its budget is spent; the receiver is told (FORWARD) and the ordered

@@ -48,6 +48,14 @@ pub(super) struct SentPacket {
     frames_len: u32,
 }
 
+impl SentPacket {
+    /// Acknowledged by the peer (not declared lost, and not a skipped packet number, which
+    /// is settled from the start and has size 0).
+    pub fn was_acked(&self) -> bool {
+        self.settled && !self.lost && self.size > 0
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Ledger {
     base_pn: u64,
@@ -153,6 +161,19 @@ impl Ledger {
     pub fn get(&self, pn: u64) -> Option<&SentPacket> {
         let idx = pn.checked_sub(self.base_pn)?;
         self.packets.get(usize::try_from(idx).ok()?)
+    }
+
+    /// Whether a packet sent after `a` and before `b` (both packet numbers this ledger holds)
+    /// was acknowledged. Skipped packet numbers never were.
+    pub fn any_acked_between(&self, a: u64, b: u64) -> bool {
+        let (Some(a), Some(b)) = (a.checked_sub(self.base_pn), b.checked_sub(self.base_pn)) else {
+            return false;
+        };
+        let (Ok(a), Ok(b)) = (usize::try_from(a), usize::try_from(b)) else {
+            return false;
+        };
+        let end = b.min(self.packets.len());
+        (a + 1..end).any(|i| self.packets[i].was_acked())
     }
 
     /// The frames a packet carried.

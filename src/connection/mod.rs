@@ -162,6 +162,9 @@ pub struct Connection {
     cc: Box<dyn Controller>,
     pto_count: u32,
     loss_time: Option<Instant>,
+    /// When the first RTT sample was taken: only packets sent after it can establish
+    /// persistent congestion.
+    first_rtt_sample: Option<Instant>,
     probes_pending: u8,
     ping_pending: bool,
     last_sent: Instant,
@@ -281,6 +284,7 @@ impl Connection {
             cc: config.congestion.build(mds),
             pto_count: 0,
             loss_time: None,
+            first_rtt_sample: None,
             probes_pending: 0,
             ping_pending: false,
             last_sent: now,

@@ -3,6 +3,7 @@
 //! (Undeliverable) with a reason.
 
 use std::cmp::Reverse;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::ledger::{SentFrame, SentPacket, carried};
@@ -15,6 +16,10 @@ use crate::rtt::backoff;
 use crate::seq::{MAX_SEQ, MessageId};
 use crate::timer::Timer;
 use crate::wire::{AckFrame, ForwardEntry, MsgAckFrame};
+
+/// Persistent congestion takes losses spanning this many probe timeouts (RFC 9002
+/// section 7.6.1, kPersistentCongestionThreshold).
+const PERSISTENT_CONGESTION_THRESHOLD: u32 = 3;
 
 /// Where one fragment of a reliable message stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -494,6 +499,7 @@ impl Connection {
                 let sample = now.saturating_duration_since(pkt.time);
                 let delay = Duration::from_micros(ack.ack_delay_us);
                 self.rtt.update(sample, delay, self.config.max_ack_delay);
+                self.first_rtt_sample.get_or_insert(now);
             }
         }
         if any_new {
@@ -603,8 +609,52 @@ impl Connection {
         for r in &lost {
             self.on_packet_lost(now, r.start);
         }
+        if let Some(sent) = self.persistent_congestion(&lost) {
+            log::debug!("conn {}: persistent congestion", self.local_cid);
+            self.stats.persistent_congestion += 1;
+            self.cc.on_congestion_event(now, sent, true);
+        }
         lost.clear();
         self.scratch = lost;
+    }
+
+    /// RFC 9002 section 7.6: whether the packets just declared lost (`lost`, in ascending
+    /// order, already settled) establish persistent congestion, and if so the send time of the
+    /// last one. That takes two ack-eliciting packets sent more than three probe timeouts
+    /// apart, both after the first RTT sample, with no packet sent between them acknowledged.
+    fn persistent_congestion(&self, lost: &[Range<u64>]) -> Option<Instant> {
+        let first_sample = self.first_rtt_sample?;
+        if lost.len() < 2 {
+            return None;
+        }
+        let period = self
+            .rtt
+            .pto(
+                self.config.timer_granularity,
+                self.config.max_ack_delay,
+                self.config.min_rto,
+            )
+            .saturating_mul(PERSISTENT_CONGESTION_THRESHOLD);
+        // The current run: its last lost ack-eliciting packet and the send time of its first.
+        let mut run: Option<(u64, Instant)> = None;
+        for pn in lost.iter().map(|r| r.start) {
+            let Some(pkt) = self.ledger.get(pn) else {
+                continue;
+            };
+            if !pkt.ack_eliciting || pkt.time < first_sample {
+                continue;
+            }
+            run = match run {
+                Some((prev, start)) if !self.ledger.any_acked_between(prev, pn) => {
+                    if pkt.time.saturating_duration_since(start) > period {
+                        return Some(pkt.time);
+                    }
+                    Some((pn, start))
+                }
+                _ => Some((pn, pkt.time)),
+            };
+        }
+        None
     }
 
     fn on_packet_lost(&mut self, now: Instant, pn: u64) {

@@ -985,3 +985,100 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
         "a fast path hardly ran: {hits:?}"
     );
 }
+
+/// A connection with a first RTT sample (10 ms), then one packet of one message sent every
+/// `gap`, `count` times: returns it, the packet numbers of those packets and the time of the
+/// last.
+fn sending_every(gap: Duration, count: usize) -> (Connection, Vec<u64>, Instant) {
+    let now0 = t0();
+    let mut c = conn(Config::default(), now0);
+    let mut buf = [0u8; 1500];
+    let mut send_one = |c: &mut Connection, at: Instant| {
+        c.send(at, b"x", Guarantee::ExactlyOnce).unwrap();
+        let n = c.poll_transmit(at, &mut buf).unwrap();
+        let (h, _) = wire::open(&buf[..n], &Crc32).unwrap();
+        u64::from(h.packet_number)
+    };
+    let first = send_one(&mut c, now0);
+    let mut now = now0 + Duration::from_millis(10);
+    c.handle_datagram(now, &ack_of(0, &[first])).unwrap();
+    assert!(c.rtt.has_samples());
+    let pns = (0..count)
+        .map(|_| {
+            now += gap;
+            send_one(&mut c, now)
+        })
+        .collect();
+    (c, pns, now)
+}
+
+/// A datagram (packet number `pn`) with one ACK frame for exactly `pns`.
+fn ack_of(pn: u32, pns: &[u64]) -> Vec<u8> {
+    let mut fb = vec![0u8; 256];
+    let mut w = wire::Writer::new(&mut fb);
+    let mut ranges: Vec<_> = pns.iter().map(|&p| p..p + 1).collect();
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.start));
+    wire::emit_ack(&mut w, 0, ranges.into_iter()).unwrap();
+    let n = w.position();
+    let frames: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
+    datagram(pn, &frames)
+}
+
+/// Three probe timeouts, the persistent congestion period, of `c` now.
+fn persistent_period(c: &Connection) -> Duration {
+    3 * c.rtt.pto(
+        c.config.timer_granularity,
+        c.config.max_ack_delay,
+        c.config.min_rto,
+    )
+}
+
+#[test]
+fn losses_spanning_three_probe_timeouts_collapse_the_window() {
+    // Eleven packets a quarter of the period apart; an ACK of the last alone, 10 ms after it,
+    // declares the ten before it lost (by the packet and the time thresholds). They were sent
+    // 2.25 periods apart with nothing acknowledged between them.
+    let (c0, _, _) = sending_every(Duration::from_millis(1), 0);
+    let period = persistent_period(&c0);
+    let (mut c, pns, last) = sending_every(period / 4, 11);
+    let before = c.stats().cwnd;
+    assert!(before > 2 * 1200, "{before}");
+    c.handle_datagram(last + Duration::from_millis(10), &ack_of(1, &pns[10..]))
+        .unwrap();
+    let s = c.stats();
+    assert_eq!((s.packets_lost, s.persistent_congestion), (10, 1), "{s:?}");
+    assert_eq!(s.cwnd, 2 * c.config.max_datagram_size as u64);
+}
+
+#[test]
+fn losses_within_three_probe_timeouts_or_split_by_an_acknowledgement_only_halve_the_window() {
+    // The same eleven packets sixteen times closer together: ten lost, but within 0.6
+    // periods.
+    let (c0, _, _) = sending_every(Duration::from_millis(1), 0);
+    let period = persistent_period(&c0);
+    let (mut c, pns, last) = sending_every(period / 16, 11);
+    let before = c.stats().cwnd;
+    c.handle_datagram(last + Duration::from_millis(10), &ack_of(1, &pns[10..]))
+        .unwrap();
+    let s = c.stats();
+    assert_eq!((s.packets_lost, s.persistent_congestion), (10, 0), "{s:?}");
+    assert_eq!(s.cwnd, before / 2);
+    // A sixth of the period apart, so that the ten losses span 1.5 periods, but the sixth
+    // packet acknowledged: the losses before it and after it each span less than the period
+    // (which the second RTT sample makes about a sixth shorter).
+    let (mut whole, pns, last) = sending_every(period / 6, 11);
+    whole
+        .handle_datagram(last + Duration::from_millis(10), &ack_of(1, &pns[10..]))
+        .unwrap();
+    assert_eq!(whole.stats().persistent_congestion, 1);
+    let (mut c, pns, last) = sending_every(period / 6, 11);
+    let before = c.stats().cwnd;
+    c.handle_datagram(
+        last + Duration::from_millis(10),
+        &ack_of(1, &[pns[5], pns[10]]),
+    )
+    .unwrap();
+    let s = c.stats();
+    assert_eq!((s.packets_lost, s.persistent_congestion), (9, 0), "{s:?}");
+    assert_eq!(s.cwnd, before / 2);
+}
