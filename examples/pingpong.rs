@@ -245,8 +245,10 @@ impl Raw {
         Ok(())
     }
 
-    /// Receives until a datagram arrives; returns its length.
-    fn until_datagram(&mut self, c: &mut Counts) -> Result<usize, String> {
+    /// Receives until a datagram arrives; returns the first of the batch. One ping is in
+    /// flight at a time, so a batch holds one datagram unless something else reached the
+    /// socket; measuring and echoing the first keeps the two ends on the same datagram.
+    fn until_datagram(&mut self, c: &mut Counts) -> Result<&[u8], String> {
         let end = Instant::now() + STEP_LIMIT;
         loop {
             let n = self
@@ -257,7 +259,7 @@ impl Raw {
             if n > 0 {
                 c.recv_calls += 1;
                 c.datagrams_in += n as u64;
-                return Ok(self.inb.get(n - 1).map_or(0, |(_, d)| d.len()));
+                return Ok(self.inb.get(0).map_or(&[], |(_, d)| d));
             }
             if Instant::now() > end {
                 return Err(format!("nothing within {STEP_LIMIT:?}"));
@@ -278,13 +280,49 @@ fn raw_pings(
     for _ in 0..pings {
         let t = Instant::now();
         client.send(to_server, payload, counts)?;
-        let n = server.until_datagram(counts)?;
-        if let Some((_, d)) = server.inb.get(0) {
-            echo[..n.min(d.len())].copy_from_slice(&d[..n.min(d.len())]);
-        }
-        server.send(to_client, &echo[..n], counts)?;
+        echo_first(&mut server, to_client, &mut echo, counts)?;
         client.until_datagram(counts)?;
         hist.record(t.elapsed());
     }
     Ok(())
+}
+
+/// The raw server's turn: receives until a datagram arrives and sends the first of the batch
+/// back to `to` (through `echo`, cut to its length if longer).
+fn echo_first(
+    server: &mut Raw,
+    to: SocketAddr,
+    echo: &mut [u8],
+    counts: &mut Counts,
+) -> Result<(), String> {
+    let ping = server.until_datagram(counts)?;
+    let n = ping.len().min(echo.len());
+    echo[..n].copy_from_slice(&ping[..n]);
+    server.send(to, &echo[..n], counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two datagrams reach the raw server before it looks: it echoes the first, whole, and
+    /// only it.
+    #[test]
+    fn raw_server_echoes_the_first_datagram_of_a_batch() {
+        let (mut client, mut server) = (Raw::bind().unwrap(), Raw::bind().unwrap());
+        let (to_server, to_client) = (server.sock.local_addr(), client.sock.local_addr());
+        let mut counts = Counts::default();
+        client.send(to_server, &[1; 10], &mut counts).unwrap();
+        client.send(to_server, &[2; 30], &mut counts).unwrap();
+        // Loopback delivers within the send; the pause only makes sure both are queued.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut echo = vec![0u8; 64];
+        echo_first(&mut server, to_client, &mut echo, &mut counts).unwrap();
+        assert_eq!(
+            counts.datagrams_in, 2,
+            "both datagrams in the server's batch"
+        );
+        let got = client.until_datagram(&mut counts).unwrap();
+        assert_eq!(got, &[1; 10][..]);
+    }
 }
