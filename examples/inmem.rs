@@ -9,7 +9,13 @@
 //! `--ordered` sends every message on ordered channel 0 (a reliable guarantee only).
 //!
 //! Prints one JSON line:
-//! `{"messages","size","guarantee","elapsed_s","msgs_per_s","datagrams","ordered"}`.
+//! `{"messages","size","guarantee","elapsed_s","msgs_per_s","datagrams","ordered","delivered",
+//! "received","in_order"}`: `delivered` counts the sender's Delivered outcomes (the run ends
+//! when every message has an outcome, Delivered or Undeliverable), `received` the messages the
+//! receiving connection handed over, and `in_order` whether each of them had a higher id than
+//! the one before (ids are given in send order, so this is send order). With `--ordered`, a
+//! message out of order makes the exit status 1 (after the JSON line). These checks cost
+//! about 10 instructions per message of the example's own.
 // The example measures wall time; the protocol core itself never reads the clock.
 #![allow(clippy::disallowed_methods)]
 
@@ -59,6 +65,9 @@ fn main() -> ExitCode {
     let payload = vec![0x5au8; size];
     let mut buf = vec![0u8; 1500];
     let (mut sent, mut outcomes, mut datagrams) = (0u64, 0u64, 0u64);
+    let (mut delivered, mut received) = (0u64, 0u64);
+    // The lowest id the receiver may see next: ids are given in send order.
+    let (mut next_id, mut in_order) = (0u64, true);
     while outcomes < messages {
         // The application queues a batch, then the connections exchange datagrams.
         let batch = (messages - sent).min(256);
@@ -80,12 +89,21 @@ fn main() -> ExitCode {
             }
             while let Some(ev) = b.poll_event() {
                 if let Event::Message(m) = ev {
+                    let id = m.id.get();
+                    received += 1;
+                    in_order &= id >= next_id;
+                    next_id = id + 1;
                     b.recycle(m.payload);
                 }
             }
             while let Some(ev) = a.poll_event() {
-                if matches!(ev, Event::Delivered { .. } | Event::Undeliverable { .. }) {
-                    outcomes += 1;
+                match ev {
+                    Event::Delivered { .. } => {
+                        delivered += 1;
+                        outcomes += 1;
+                    }
+                    Event::Undeliverable { .. } => outcomes += 1,
+                    _ => {}
                 }
             }
             if !moved {
@@ -110,7 +128,14 @@ fn main() -> ExitCode {
             .num("msgs_per_s", messages as f64 / elapsed.max(1e-9))
             .int("datagrams", datagrams)
             .bool("ordered", ordered)
+            .int("delivered", delivered)
+            .int("received", received)
+            .bool("in_order", in_order)
             .finish()
     );
+    if ordered && !in_order {
+        eprintln!("inmem: the receiver got ordered messages out of order");
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }

@@ -265,6 +265,11 @@ fn inmem_runs_every_guarantee_unordered_and_ordered() {
         assert_eq!(num(&j, "size"), 64.0, "{ctx}");
         assert_eq!(field(&j, "guarantee"), guarantee, "{ctx}");
         assert_eq!(field(&j, "ordered"), ordered.to_string(), "{ctx}");
+        // Nothing is lost in memory: every message Delivered (not merely given an outcome)
+        // and handed over once, in send order (as the receiving side saw it).
+        assert_eq!(num(&j, "delivered"), 3000.0, "{ctx}");
+        assert_eq!(num(&j, "received"), 3000.0, "{ctx}");
+        assert_eq!(field(&j, "in_order"), "true", "{ctx}");
         for key in ["elapsed_s", "msgs_per_s", "datagrams"] {
             num(&j, key);
         }
