@@ -1002,21 +1002,14 @@ mod tests {
             }
             assert_eq!(sent, 100);
             let mut inb = RecvBatch::new(32, 1500);
-            let mut seen = Vec::new();
-            for _ in 0..100_000 {
-                let n = b.recv_batch(&mut inb).unwrap();
-                for i in 0..n {
-                    let (from, data) = inb.get(i).unwrap();
-                    assert_eq!(from, a.local_addr());
+            let (got, _) = recv_n(&b, &mut inb, 100, a.local_addr());
+            let mut seen: Vec<u32> = (got.iter())
+                .map(|data| {
                     let idx = u32::from_le_bytes(data[..4].try_into().unwrap());
                     assert_eq!(data.len(), 4 + (idx as usize % 50));
-                    seen.push(idx);
-                }
-                if seen.len() == 100 {
-                    break;
-                }
-                std::thread::yield_now();
-            }
+                    idx
+                })
+                .collect();
             seen.sort();
             assert_eq!(seen, (0..100).collect::<Vec<_>>(), "{local}");
             assert_eq!(b.recv_batch(&mut inb).unwrap(), 0, "nothing more");
@@ -1051,22 +1044,41 @@ mod tests {
                 out.push(to.local_addr(), 20);
             }
             assert_eq!(from.send_batch(&mut out).unwrap(), count);
-            let mut got = Vec::new();
-            for _ in 0..100_000 {
-                let n = to.recv_batch(&mut inb).unwrap();
-                for i in 0..n {
-                    let (addr, data) = inb.get(i).unwrap();
-                    assert_eq!(addr, from.local_addr(), "round {round}");
-                    got.push(data.to_vec());
-                }
-                if got.len() >= count {
-                    break;
-                }
-                std::thread::yield_now();
-            }
-            assert!(got == (0..count).map(|k| payload(k, 20)).collect::<Vec<_>>());
+            let (got, _) = recv_n(to, &mut inb, count, from.local_addr());
+            let want: Vec<_> = (0..count).map(|k| payload(k, 20)).collect();
+            assert!(got == want, "round {round}");
             assert_eq!(to.recv_batch(&mut inb).unwrap(), 0, "nothing more");
         }
+    }
+
+    /// Receives on `sock` until `n` datagrams have arrived, checking that each came from
+    /// `from`, or until 100,000 receives or 10 s have passed (the caller checks how many it
+    /// got). Returns the datagrams in arrival order and the kernel messages that carried
+    /// them (fewer when GRO coalesced them).
+    fn recv_n(
+        sock: &UdpSocket,
+        batch: &mut RecvBatch,
+        n: usize,
+        from: SocketAddr,
+    ) -> (Vec<Vec<u8>>, usize) {
+        let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (mut got, mut messages) = (Vec::new(), 0);
+        for _ in 0..100_000 {
+            if got.len() >= n || std::time::Instant::now() > give_up {
+                break;
+            }
+            let count = sock.recv_batch(batch).unwrap();
+            messages += batch.messages();
+            for i in 0..count {
+                let (addr, data) = batch.get(i).unwrap();
+                assert_eq!(addr, from, "source of datagram {}", got.len());
+                got.push(data.to_vec());
+            }
+            if count == 0 {
+                std::thread::yield_now();
+            }
+        }
+        (got, messages)
     }
 
     /// Datagram `k` of a test: `len` bytes, its index first, then a pattern.
@@ -1142,23 +1154,10 @@ mod tests {
             assert_eq!(sent, part.len(), "all sent");
             assert_eq!(out.failed(), 0);
             for (r, b) in bs.iter().enumerate() {
-                let target = received[r].len() + want[r];
-                for _ in 0..100_000 {
-                    if received[r].len() >= target {
-                        break;
-                    }
-                    let n = b.recv_batch(&mut inb).unwrap();
-                    messages[r] += inb.messages;
-                    for i in 0..n {
-                        let (from, data) = inb.get(i).unwrap();
-                        assert_eq!(from, a.local_addr());
-                        received[r].push(data.to_vec());
-                    }
-                    if n == 0 {
-                        std::thread::yield_now();
-                    }
-                }
-                assert_eq!(received[r].len(), target, "receiver {r}, chunk {c}");
+                let (got, m) = recv_n(b, &mut inb, want[r], a.local_addr());
+                assert_eq!(got.len(), want[r], "receiver {r}, chunk {c}");
+                received[r].extend(got);
+                messages[r] += m;
                 assert_eq!(b.recv_batch(&mut inb).unwrap(), 0, "nothing more");
             }
         }
@@ -1295,15 +1294,7 @@ mod tests {
         assert_eq!((sent, out.failed()), (10, 6));
         assert_eq!(a.gso_enabled(), gso);
         let mut inb = RecvBatch::new(64, 65536);
-        let mut got = Vec::new();
-        for _ in 0..100_000 {
-            let n = b.recv_batch(&mut inb).unwrap();
-            got.extend((0..n).map(|i| inb.get(i).unwrap().1.to_vec()));
-            if got.len() >= 10 {
-                break;
-            }
-            std::thread::yield_now();
-        }
+        let (got, _) = recv_n(&b, &mut inb, 10, a.local_addr());
         assert!(got == (6..16).map(|k| payload(k, 500)).collect::<Vec<_>>());
     }
 
@@ -1330,15 +1321,7 @@ mod tests {
         assert_eq!((out.messages_sent(), out.failed()), (2, 1));
         assert_eq!(a.gso_enabled(), gso);
         let mut inb = RecvBatch::new(8, 65536);
-        let mut got = Vec::new();
-        for _ in 0..100_000 {
-            let n = b.recv_batch(&mut inb).unwrap();
-            got.extend((0..n).map(|i| inb.get(i).unwrap().1.to_vec()));
-            if got.len() >= 2 {
-                break;
-            }
-            std::thread::yield_now();
-        }
+        let (got, _) = recv_n(&b, &mut inb, 2, a.local_addr());
         assert!(got == vec![payload(0, 100), payload(2, 100)]);
     }
 
