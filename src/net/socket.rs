@@ -695,6 +695,14 @@ mod sys {
         plain
     }
 
+    #[cfg(test)]
+    thread_local! {
+        /// Test counter: calls of `send_segmented` on this thread, so that tests can show
+        /// which sends skip the search for runs (its result is the same plain message for a
+        /// single datagram, so nothing else tells the two paths apart).
+        pub static RUN_SEARCHES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
     /// One `sendmmsg` with one message per run of datagrams to the same destination with the
     /// same size (the last may be shorter), each run carrying its segment size in a
     /// `UDP_SEGMENT` control message. Returns the datagrams sent and the messages they went
@@ -704,6 +712,8 @@ mod sys {
         queue: &Queue,
         s: &mut SendScratch,
     ) -> Result<(usize, usize), (io::Error, usize)> {
+        #[cfg(test)]
+        RUN_SEARCHES.with(|c| c.set(c.get() + 1));
         let (max_msgs, max_iovs) = (s.hdrs.len(), s.iovs.len());
         let (mut msgs, mut iov_count, mut next) = (0, 0, queue.sent);
         while next < queue.len && msgs < max_msgs && iov_count < max_iovs {
@@ -1356,8 +1366,20 @@ mod tests {
         assert!(got == (6..16).map(|k| payload(k, 500)).collect::<Vec<_>>());
     }
 
-    /// A batch of one datagram goes as one plain message, and a refused one is skipped
-    /// without turning GSO off.
+    /// Searches for GSO runs made on this thread so far (none where there is no GSO).
+    fn run_searches() -> u64 {
+        #[cfg(target_os = "linux")]
+        let n = sys::RUN_SEARCHES.with(std::cell::Cell::get);
+        #[cfg(not(target_os = "linux"))]
+        let n = 0;
+        n
+    }
+
+    /// A batch of one datagram goes as one plain message without a search for GSO runs, and
+    /// a refused one is skipped without turning GSO off. The search would send the same
+    /// message (a run of one carries no segment size), so only a test counter of searches
+    /// tells the two paths apart. A refused datagram followed by one more shows the counter
+    /// at work and the single-datagram path taken for the last datagram of a batch.
     #[test]
     fn single_datagrams_are_sent_or_skipped_alone() {
         let opts = SocketOptions::default();
@@ -1378,9 +1400,31 @@ mod tests {
         }
         assert_eq!((out.messages_sent(), out.failed()), (2, 1));
         assert_eq!(a.gso_enabled(), gso);
+        assert_eq!(run_searches(), 0, "single datagrams skip the search");
         let mut inb = RecvBatch::new(8, 65536);
         let (got, _) = recv_n(&b, &mut inb, 2, a.local_addr());
         assert!(got == vec![payload(0, 100), payload(2, 100)]);
+
+        // A refused datagram, then one to `b`, in one call: a search (where GSO is on) puts
+        // the refused one first; after it is skipped, the one left goes plain.
+        for (k, to) in [nowhere, b.local_addr()].into_iter().enumerate() {
+            out.slot_mut().unwrap()[..100].copy_from_slice(&payload(3 + k, 100));
+            out.push(to, 100);
+        }
+        assert_eq!(a.send_batch(&mut out).unwrap(), 1);
+        assert_eq!(
+            (out.pending(), out.messages_sent(), out.failed()),
+            (0, 3, 2)
+        );
+        let searches = run_searches();
+        assert_eq!(
+            searches,
+            u64::from(gso),
+            "one search, none for the last one"
+        );
+        assert_eq!(a.gso_enabled(), gso);
+        let (got, _) = recv_n(&b, &mut inb, 1, a.local_addr());
+        assert!(got == vec![payload(4, 100)]);
     }
 
     /// `SO_NO_CHECK` makes the kernel refuse segmented sends with `EINVAL`: the socket must
