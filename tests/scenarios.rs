@@ -332,6 +332,10 @@ impl Harness {
     fn check_final(&mut self, gaps_complete: bool) {
         self.ck.check_final(true, gaps_complete);
         self.assert_clean();
+        // Every Delivered outcome records one send-to-Delivered latency.
+        for (side, s) in [("a", self.pair.a.stats()), ("b", self.pair.b.stats())] {
+            assert_eq!(s.latency.count(), s.delivered, "{side}: {s:?}");
+        }
     }
 
     fn assert_all_delivered(&self) {

@@ -480,15 +480,17 @@ impl Connection {
                 .insert_with_new(start..r.end, |n| newly.push(n));
         }
         let mut largest_newly_acked = None;
+        let mut latencies = Latencies::new(now);
         for r in &newly {
             for pn in r.clone() {
-                if let Some(pkt) = self.on_packet_acked(now, pn) {
+                if let Some(pkt) = self.on_packet_acked(now, pn, &mut latencies) {
                     if pn == ack.largest {
                         largest_newly_acked = Some(pkt);
                     }
                 }
             }
         }
+        latencies.finish(&mut self.stats.latency);
         let any_new = !newly.is_empty();
         self.scratch = newly;
         if self.largest_acked.is_none_or(|l| ack.largest > l) {
@@ -515,8 +517,14 @@ impl Connection {
         Ok(())
     }
 
-    /// A packet was acknowledged for the first time. Returns it as it was.
-    fn on_packet_acked(&mut self, now: Instant, pn: u64) -> Option<SentPacket> {
+    /// A packet was acknowledged for the first time. Returns it as it was. The latencies of the
+    /// at-most-once messages it completes go to `latencies`.
+    fn on_packet_acked(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        latencies: &mut Latencies,
+    ) -> Option<SentPacket> {
         let pkt = *self.ledger.get(pn)?;
         if !pkt.lost {
             self.ledger.settle(pn, false)?;
@@ -556,8 +564,7 @@ impl Connection {
                     };
                     if done {
                         if let Some(m) = self.take_amo(id) {
-                            let latency = now.saturating_duration_since(m.queued_at);
-                            self.stats.latency.record(latency);
+                            latencies.add(m.queued_at, &mut self.stats.latency);
                             self.deliver_outcome(id, Guarantee::AtMostOnce);
                             self.give_buffer(m.payload);
                         }
