@@ -499,9 +499,15 @@ fn write_out_fragment(
     frag: u32,
     w: &mut Writer<'_>,
 ) -> bool {
-    let written = if msg.count <= 1 && msg.chan_seq.is_none() {
-        // The common shape, written from the fields (as `MessageFrame::emit` would).
-        wire::emit_whole_unordered_message(msg.guarantee, msg.channel, id, &msg.payload, w).is_ok()
+    let written = if msg.count <= 1 {
+        // The common shape, a whole message, written from the fields (as `MessageFrame::emit`
+        // would).
+        let (g, ch, payload) = (msg.guarantee, msg.channel, &msg.payload);
+        // One copy of the writer for each shape.
+        match msg.chan_seq {
+            None => wire::emit_whole_message(g, ch, id, None, payload, w).is_ok(),
+            seq => wire::emit_whole_message(g, ch, id, seq, payload, w).is_ok(),
+        }
     } else {
         message_frame(
             msg.guarantee,

@@ -158,11 +158,11 @@ impl<'a> Iterator for FrameIter<'a> {
         if self.failed || self.r.is_empty() {
             return None;
         }
-        // The common frame, a whole unordered MESSAGE, is read inline; the others (and
-        // anything malformed) by the general parser.
+        // The common frame, a whole MESSAGE (unordered or ordered), is read inline; the others
+        // (and anything malformed) by the general parser.
         if let Some((&ty::MESSAGE, rest)) = self.r.clone().rest().split_first() {
             let mut r = Reader::new(rest);
-            if let Some(m) = MessageFrame::parse_whole_unordered(&mut r) {
+            if let Some(m) = MessageFrame::parse_whole(&mut r) {
                 self.r = r;
                 return Some(Ok(Frame::Message(m)));
             }
@@ -298,14 +298,13 @@ impl<'a> MessageFrame<'a> {
     /// or the payload not the fragment's size), [`WireError::ValueTooLarge`].
     #[inline]
     pub fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
-        if self.chan_seq.is_none() && self.fragment.is_none() {
-            return emit_whole_unordered_message(
-                self.guarantee,
-                self.channel,
-                self.id,
-                self.payload,
-                w,
-            );
+        if self.fragment.is_none() {
+            let (g, ch, id, payload) = (self.guarantee, self.channel, self.id, self.payload);
+            // One copy of the writer for each shape.
+            return match self.chan_seq {
+                None => emit_whole_message(g, ch, id, None, payload, w),
+                seq => emit_whole_message(g, ch, id, seq, payload, w),
+            };
         }
         self.emit_any(w)
     }
@@ -350,24 +349,48 @@ impl<'a> MessageFrame<'a> {
         Ok(())
     }
 
-    /// The common shape: a whole message, unordered, complete in `r`. `None`, with `r`
-    /// unchanged, for any other frame (or a malformed one): [`parse`](Self::parse) reads it,
-    /// or says what is wrong.
+    /// The common shape: a whole message (unordered, or ordered and reliable), complete in
+    /// `r`. `None`, with `r` unchanged, for any other frame (or a malformed one):
+    /// [`parse`](Self::parse) reads it, or says what is wrong.
     #[inline]
-    fn parse_whole_unordered(r: &mut Reader<'a>) -> Option<MessageFrame<'a>> {
+    fn parse_whole(r: &mut Reader<'a>) -> Option<MessageFrame<'a>> {
         let mut c = r.clone();
         let [flags, channel] = c.array().ok()?;
-        // Any flag but the guarantee's (or guarantee code 3) is for the general parser.
-        let guarantee = Guarantee::from_bits(flags)?;
+        // Any flag but the guarantee's and ORDERED (or guarantee code 3) is for the general
+        // parser, and so is an ordered at-most-once message (an error).
+        let m = match Guarantee::from_bits(flags) {
+            Some(guarantee) => Self::parse_whole_rest::<false>(&mut c, guarantee, channel)?,
+            None => {
+                let guarantee =
+                    Guarantee::from_bits(flags ^ flag::ORDERED).filter(|g| g.is_reliable())?;
+                Self::parse_whole_rest::<true>(&mut c, guarantee, channel)?
+            }
+        };
+        *r = c;
+        Some(m)
+    }
+
+    /// [`parse_whole`](Self::parse_whole) after the flags and the channel, one copy for each
+    /// shape.
+    #[inline(always)]
+    fn parse_whole_rest<const ORDERED: bool>(
+        c: &mut Reader<'a>,
+        guarantee: Guarantee,
+        channel: u8,
+    ) -> Option<MessageFrame<'a>> {
         let id = c.varint().ok()?;
+        let chan_seq = if ORDERED {
+            Some(c.varint().ok()?)
+        } else {
+            None
+        };
         let len = c.varint().ok()?;
         let payload = c.take(usize::try_from(len).ok()?).ok()?;
-        *r = c;
         Some(MessageFrame {
             guarantee,
             channel,
             id,
-            chan_seq: None,
+            chan_seq,
             fragment: None,
             payload,
         })
@@ -546,26 +569,41 @@ impl Iterator for ForwardEntries<'_> {
 impl ExactSizeIterator for ForwardEntries<'_> {}
 impl FusedIterator for ForwardEntries<'_> {}
 
-/// Writes the MESSAGE frame of a whole, unordered message: what
+/// Writes the MESSAGE frame of a whole message, unordered or (with `chan_seq`) ordered: what
 /// [`MessageFrame::emit`] writes for that shape, from the fields themselves rather than a
 /// frame built for the call. Errors, with nothing written: [`WireError::BufferTooSmall`],
-/// [`WireError::ValueTooLarge`].
-#[inline]
-pub(crate) fn emit_whole_unordered_message(
+/// [`WireError::OrderedAtMostOnce`], [`WireError::ValueTooLarge`]. Inlined, so that a call
+/// with `chan_seq` known to be `None` compiles to the unordered writer alone.
+#[inline(always)]
+pub(crate) fn emit_whole_message(
     guarantee: Guarantee,
     channel: u8,
     id: u64,
+    chan_seq: Option<u64>,
     payload: &[u8],
     w: &mut Writer<'_>,
 ) -> Result<(), WireError> {
     let len = len_u64(payload.len());
+    let mut flags = guarantee.to_bits();
     check_varint(id)?;
+    let mut total = 3 + varint_len(id) + payload.len();
+    if let Some(seq) = chan_seq {
+        check_varint(seq)?;
+        if !guarantee.is_reliable() {
+            return Err(WireError::OrderedAtMostOnce);
+        }
+        flags |= flag::ORDERED;
+        total += varint_len(seq);
+    }
     check_varint(len)?;
-    let total = 3 + varint_len(id) + varint_len(len) + payload.len();
+    total += varint_len(len);
     // The frame's bytes are taken whole, then filled in: every write below fits.
     let mut w = w.split_off(total)?;
-    w.put_array([ty::MESSAGE, guarantee.to_bits(), channel])?;
+    w.put_array([ty::MESSAGE, flags, channel])?;
     w.put_varint(id)?;
+    if let Some(seq) = chan_seq {
+        w.put_varint(seq)?;
+    }
     w.put_varint(len)?;
     w.put_slice(payload)?;
     debug_assert_eq!(w.remaining(), 0);
@@ -891,11 +929,11 @@ mod tests {
     proptest::proptest! {
         #![proptest_config(ProptestConfig::with_cases(2048))]
 
-        /// The fast path for whole unordered messages reads exactly what the general parser
-        /// reads, and leaves anything else to it untouched.
+        /// The fast path for whole messages (unordered or ordered) reads exactly what the
+        /// general parser reads, and leaves anything else to it untouched.
         #[test]
-        fn the_whole_unordered_fast_path_agrees_with_the_general_parser(
-            flags in prop_oneof![0..4u8, any::<u8>()],
+        fn the_whole_message_fast_path_agrees_with_the_general_parser(
+            flags in prop_oneof![0..8u8, any::<u8>()],
             channel in any::<u8>(),
             id in any::<u64>(),
             id_form in proptest::sample::select(vec![1usize, 2, 4, 8]),
@@ -919,7 +957,7 @@ mod tests {
                 let mut fast = Reader::new(input);
                 let mut general = Reader::new(input);
                 let want = MessageFrame::parse(&mut general);
-                match MessageFrame::parse_whole_unordered(&mut fast) {
+                match MessageFrame::parse_whole(&mut fast) {
                     Some(m) => {
                         prop_assert_eq!(Ok(m), want);
                         prop_assert_eq!(fast.remaining(), general.remaining());
@@ -927,7 +965,7 @@ mod tests {
                     None => {
                         prop_assert_eq!(fast.remaining(), input.len());
                         if let Ok(m) = want {
-                            prop_assert!(m.chan_seq.is_some() || m.fragment.is_some());
+                            prop_assert!(m.fragment.is_some());
                         }
                     }
                 }
@@ -944,10 +982,10 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The fast path for whole unordered messages writes what the general emitter writes,
-        /// or fails the same way.
+        /// The fast path for whole messages (unordered or ordered) writes what the general
+        /// emitter writes, or fails the same way.
         #[test]
-        fn the_whole_unordered_emit_agrees_with_the_general_emitter(
+        fn the_whole_message_emit_agrees_with_the_general_emitter(
             guarantee in proptest::sample::select(vec![
                 Guarantee::AtMostOnce,
                 Guarantee::AtLeastOnce,
@@ -958,6 +996,10 @@ mod tests {
                 0..100_000u64,
                 any::<u64>().prop_map(|v| v >> (v % 64)),
             ],
+            chan_seq in prop_oneof![
+                Just(None),
+                any::<u64>().prop_map(|v| Some(v >> (v % 64))),
+            ],
             payload in proptest::collection::vec(any::<u8>(), 0..20_000),
             room in 0..20_100usize,
         ) {
@@ -965,7 +1007,7 @@ mod tests {
                 guarantee,
                 channel,
                 id,
-                chan_seq: None,
+                chan_seq,
                 fragment: None,
                 payload: &payload,
             };
@@ -974,7 +1016,7 @@ mod tests {
             let mut wf = Writer::new(&mut fast);
             let mut wg = Writer::new(&mut general);
             prop_assert_eq!(
-                emit_whole_unordered_message(guarantee, channel, id, &payload, &mut wf),
+                emit_whole_message(guarantee, channel, id, chan_seq, &payload, &mut wf),
                 m.emit_any(&mut wg)
             );
             prop_assert_eq!(wf.position(), wg.position());
