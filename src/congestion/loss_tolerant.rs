@@ -92,7 +92,11 @@ impl Controller for LossTolerant {
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent_time: Instant, persistent: bool) {
-        self.record(true);
+        // A persistent-congestion event follows the losses that make it up, which were
+        // recorded one by one: it is not a loss of its own.
+        if !persistent {
+            self.record(true);
+        }
         if persistent || self.congested() {
             self.inner.on_congestion_event(now, sent_time, persistent);
         }

@@ -39,6 +39,8 @@ pub(super) struct SentPacket {
     pub settled: bool,
     /// Declared lost (an acknowledgement may still arrive: a spurious loss).
     pub lost: bool,
+    /// Reported received by an ACK frame (ack-eliciting or not, before or after a loss).
+    pub acked: bool,
     pub carried: u8,
     /// The AMO_FLOOR value carried, if `carried & AMO_FLOOR`.
     pub amo_floor: u64,
@@ -46,14 +48,6 @@ pub(super) struct SentPacket {
     pub ack_upto: u64,
     frames_start: u64,
     frames_len: u32,
-}
-
-impl SentPacket {
-    /// Acknowledged by the peer (not declared lost, and not a skipped packet number, which
-    /// is settled from the start and has size 0).
-    pub fn was_acked(&self) -> bool {
-        self.settled && !self.lost && self.size > 0
-    }
 }
 
 #[derive(Debug)]
@@ -111,6 +105,7 @@ impl Ledger {
             in_flight: false,
             settled: true,
             lost: false,
+            acked: false,
             carried: 0,
             amo_floor: 0,
             ack_upto: 0,
@@ -141,6 +136,7 @@ impl Ledger {
             in_flight: ack_eliciting,
             settled: !ack_eliciting,
             lost: false,
+            acked: false,
             carried,
             amo_floor,
             ack_upto,
@@ -163,8 +159,19 @@ impl Ledger {
         self.packets.get(usize::try_from(idx).ok()?)
     }
 
+    /// Marks packet `pn` reported received by an ACK frame.
+    pub fn mark_acked(&mut self, pn: u64) {
+        let idx = pn
+            .checked_sub(self.base_pn)
+            .and_then(|i| usize::try_from(i).ok());
+        if let Some(p) = idx.and_then(|i| self.packets.get_mut(i)) {
+            p.acked = true;
+        }
+    }
+
     /// Whether a packet sent after `a` and before `b` (both packet numbers this ledger holds)
-    /// was acknowledged. Skipped packet numbers never were.
+    /// was reported received. An ACK-only packet, settled from the start, counts only once an
+    /// ACK reported it; a skipped packet number never does.
     pub fn any_acked_between(&self, a: u64, b: u64) -> bool {
         let (Some(a), Some(b)) = (a.checked_sub(self.base_pn), b.checked_sub(self.base_pn)) else {
             return false;
@@ -173,7 +180,7 @@ impl Ledger {
             return false;
         };
         let end = b.min(self.packets.len());
-        (a + 1..end).any(|i| self.packets[i].was_acked())
+        (a + 1..end).any(|i| self.packets[i].acked)
     }
 
     /// The frames a packet carried.

@@ -292,22 +292,28 @@ impl Connection {
             urgent: false,
             close: None,
         };
-        // ACK frames are applied after the packet's other frames: a MSG_ACK in the same packet
-        // has then already settled the messages it confirms, so the ACK does not mark each of
-        // their fragments received, and a packet it declares lost does not queue them again.
+        // ACK frames (among the first INLINE_FRAMES) are checked where they stand, so that a
+        // violation stops the frames after them as before, but applied after the packet's
+        // other inline frames: a MSG_ACK in the same packet has then already settled the
+        // messages it confirms, so the ACK does not mark each of their fragments received, and
+        // a packet it declares lost does not queue them again.
         let inline = &parsed[..count.min(INLINE_FRAMES)];
         let mut acks = false;
         for frame in inline {
-            if matches!(frame, Frame::Ack(_)) {
+            if let Frame::Ack(ack) = frame {
+                self.check_ack(now, ack)?;
                 acks = true;
             } else if self.apply_frame(now, frame, &mut effect)? {
                 return Ok(());
             }
         }
         if acks {
-            for frame in inline.iter().filter(|f| matches!(f, Frame::Ack(_))) {
-                if self.apply_frame(now, frame, &mut effect)? {
-                    return Ok(());
+            for frame in inline {
+                if let Frame::Ack(ack) = frame {
+                    self.on_ack_frame(now, ack);
+                    if self.state == State::Closed {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -393,7 +399,10 @@ impl Connection {
     ) -> Result<(), DatagramError> {
         match frame {
             Frame::Padding { .. } | Frame::Ping => {}
-            Frame::Ack(ack) => self.on_ack_frame(now, ack)?,
+            Frame::Ack(ack) => {
+                self.check_ack(now, ack)?;
+                self.on_ack_frame(now, ack);
+            }
             Frame::MsgAck(m) => {
                 if self.state != State::Draining {
                     self.on_msg_ack_frame(now, m)?;

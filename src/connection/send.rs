@@ -447,8 +447,10 @@ impl Connection {
 
     // ---------------------------------------------------------------- acknowledgements
 
-    /// Processes an ACK frame: packets the peer received.
-    pub(super) fn on_ack_frame(
+    /// Checks an ACK frame where it stands in its packet, before the frames after it take
+    /// effect: acknowledging a packet never sent, or a deliberately skipped packet number, is
+    /// a protocol violation (the connection closes).
+    pub(super) fn check_ack(
         &mut self,
         now: Instant,
         ack: &AckFrame<'_>,
@@ -468,6 +470,12 @@ impl Connection {
                 "ACK of a skipped packet number (optimistic acknowledgement)",
             ));
         }
+        Ok(())
+    }
+
+    /// Processes an ACK frame that passed [`check_ack`](Self::check_ack): packets the peer
+    /// received.
+    pub(super) fn on_ack_frame(&mut self, now: Instant, ack: &AckFrame<'_>) {
         let base = self.ledger.base_pn();
         let mut newly = std::mem::take(&mut self.scratch);
         newly.clear();
@@ -514,7 +522,6 @@ impl Connection {
         if self.state == State::Closing && self.close_acked {
             self.enter_closed(now);
         }
-        Ok(())
     }
 
     /// A packet was acknowledged for the first time. Returns it as it was. The latencies of the
@@ -525,6 +532,7 @@ impl Connection {
         pn: u64,
         latencies: &mut Latencies,
     ) -> Option<SentPacket> {
+        self.ledger.mark_acked(pn);
         let pkt = *self.ledger.get(pn)?;
         if !pkt.lost {
             self.ledger.settle(pn, false)?;
@@ -648,7 +656,7 @@ impl Connection {
             let Some(pkt) = self.ledger.get(pn) else {
                 continue;
             };
-            if !pkt.ack_eliciting || pkt.time < first_sample {
+            if !pkt.ack_eliciting || pkt.time <= first_sample {
                 continue;
             }
             run = match run {

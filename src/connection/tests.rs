@@ -1082,3 +1082,68 @@ fn losses_within_three_probe_timeouts_or_split_by_an_acknowledgement_only_halve_
     assert_eq!((s.packets_lost, s.persistent_congestion), (9, 0), "{s:?}");
     assert_eq!(s.cwnd, before / 2);
 }
+
+#[test]
+fn acknowledgement_only_packets_between_losses_do_not_split_persistent_congestion() {
+    // The peer's packets keep arriving (PINGs), and each is answered by an acknowledgement
+    // alone, which is lost with the data packets around it: nothing sent between the lost
+    // data packets was acknowledged, so the losses still establish persistent congestion.
+    let now0 = t0();
+    let mut c = conn(Config::default(), now0);
+    let mut buf = [0u8; 1500];
+    let mut send_one = |c: &mut Connection, at: Instant| {
+        c.send(at, b"x", Guarantee::ExactlyOnce).unwrap();
+        let n = c.poll_transmit(at, &mut buf).unwrap();
+        let (h, _) = wire::open(&buf[..n], &Crc32).unwrap();
+        u64::from(h.packet_number)
+    };
+    let first = send_one(&mut c, now0);
+    let mut now = now0 + Duration::from_millis(10);
+    c.handle_datagram(now, &ack_of(0, &[first])).unwrap();
+    let period = persistent_period(&c);
+    let (mut pns, mut peer_pn) = (Vec::new(), 1);
+    for _ in 0..11 {
+        now += period / 4;
+        pns.push(send_one(&mut c, now));
+        c.handle_datagram(now, &datagram(peer_pn, &[Frame::Ping]))
+            .unwrap();
+        peer_pn += 1;
+        let due = now + Duration::from_millis(1);
+        c.handle_timeout(due);
+        let mut b = [0u8; 1500];
+        let n = c.poll_transmit(due, &mut b).expect("an acknowledgement");
+        let (h, _) = wire::open(&b[..n], &Crc32).unwrap();
+        let pkt = c.ledger.get(u64::from(h.packet_number)).unwrap();
+        assert!(!pkt.ack_eliciting);
+    }
+    c.handle_datagram(
+        now + Duration::from_millis(10),
+        &ack_of(peer_pn, &pns[10..]),
+    )
+    .unwrap();
+    let s = c.stats();
+    assert_eq!((s.packets_lost, s.persistent_congestion), (10, 1), "{s:?}");
+}
+
+#[test]
+fn a_violating_ack_stops_the_frames_after_it_in_its_packet() {
+    // ACK frames are applied after the packet's other frames, but checked where they stand:
+    // an ACK of a packet never sent closes the connection before the message after it is
+    // delivered.
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    let mut fb = vec![0u8; 64];
+    let mut w = wire::Writer::new(&mut fb);
+    wire::emit_ack(&mut w, 0, std::iter::once(5..6)).unwrap();
+    let n = w.position();
+    let ack: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
+    let d = datagram(0, &[ack[0], message(Guarantee::ExactlyOnce, 0, b"hi")]);
+    let err = c.handle_datagram(now, &d).unwrap_err();
+    assert!(matches!(err, DatagramError::ProtocolViolation(_)));
+    let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Message(_))),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| matches!(e, Event::Closed { .. })));
+}
