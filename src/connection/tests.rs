@@ -990,6 +990,15 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
 /// `gap`, `count` times: returns it, the packet numbers of those packets and the time of the
 /// last.
 fn sending_every(gap: Duration, count: usize) -> (Connection, Vec<u64>, Instant) {
+    sending_every_with(gap, count, |_, _| {})
+}
+
+/// [`sending_every`], calling `after_each` after each of the `count` packets.
+fn sending_every_with(
+    gap: Duration,
+    count: usize,
+    mut after_each: impl FnMut(&mut Connection, Instant),
+) -> (Connection, Vec<u64>, Instant) {
     let now0 = t0();
     let mut c = conn(Config::default(), now0);
     let mut buf = [0u8; 1500];
@@ -1006,7 +1015,9 @@ fn sending_every(gap: Duration, count: usize) -> (Connection, Vec<u64>, Instant)
     let pns = (0..count)
         .map(|_| {
             now += gap;
-            send_one(&mut c, now)
+            let pn = send_one(&mut c, now);
+            after_each(&mut c, now);
+            pn
         })
         .collect();
     (c, pns, now)
@@ -1088,23 +1099,10 @@ fn acknowledgement_only_packets_between_losses_do_not_split_persistent_congestio
     // The peer's packets keep arriving (PINGs), and each is answered by an acknowledgement
     // alone, which is lost with the data packets around it: nothing sent between the lost
     // data packets was acknowledged, so the losses still establish persistent congestion.
-    let now0 = t0();
-    let mut c = conn(Config::default(), now0);
-    let mut buf = [0u8; 1500];
-    let mut send_one = |c: &mut Connection, at: Instant| {
-        c.send(at, b"x", Guarantee::ExactlyOnce).unwrap();
-        let n = c.poll_transmit(at, &mut buf).unwrap();
-        let (h, _) = wire::open(&buf[..n], &Crc32).unwrap();
-        u64::from(h.packet_number)
-    };
-    let first = send_one(&mut c, now0);
-    let mut now = now0 + Duration::from_millis(10);
-    c.handle_datagram(now, &ack_of(0, &[first])).unwrap();
-    let period = persistent_period(&c);
-    let (mut pns, mut peer_pn) = (Vec::new(), 1);
-    for _ in 0..11 {
-        now += period / 4;
-        pns.push(send_one(&mut c, now));
+    let (c0, _, _) = sending_every(Duration::from_millis(1), 0);
+    let period = persistent_period(&c0);
+    let mut peer_pn = 1;
+    let (mut c, pns, last) = sending_every_with(period / 4, 11, |c, now| {
         c.handle_datagram(now, &datagram(peer_pn, &[Frame::Ping]))
             .unwrap();
         peer_pn += 1;
@@ -1115,12 +1113,9 @@ fn acknowledgement_only_packets_between_losses_do_not_split_persistent_congestio
         let (h, _) = wire::open(&b[..n], &Crc32).unwrap();
         let pkt = c.ledger.get(u64::from(h.packet_number)).unwrap();
         assert!(!pkt.ack_eliciting);
-    }
-    c.handle_datagram(
-        now + Duration::from_millis(10),
-        &ack_of(peer_pn, &pns[10..]),
-    )
-    .unwrap();
+    });
+    c.handle_datagram(last + Duration::from_millis(10), &ack_of(12, &pns[10..]))
+        .unwrap();
     let s = c.stats();
     assert_eq!((s.packets_lost, s.persistent_congestion), (10, 1), "{s:?}");
 }
