@@ -5,7 +5,9 @@ use std::time::Duration;
 use crate::histogram::LatencyHistogram;
 
 /// Counters of one connection. Read with [`Connection::stats`](crate::Connection::stats).
+/// New counters may be added in minor releases.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct Stats {
     /// Datagrams sent.
     pub packets_sent: u64,

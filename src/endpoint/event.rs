@@ -115,7 +115,9 @@ pub enum EndpointEvent {
 }
 
 /// Counters of an endpoint. Read with [`Endpoint::stats`].
+/// New counters may be added in minor releases.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EndpointStats {
     /// Datagrams handed to `handle_datagram`.
     pub datagrams_received: u64,

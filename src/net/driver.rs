@@ -95,7 +95,9 @@ const BATCH: usize = 64;
 const SOCKET: Token = Token(0);
 
 /// Counters of the driver's system calls.
+/// New counters may be added in minor releases.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DriverStats {
     /// Receive system calls that returned data.
     pub recv_calls: u64,
