@@ -1142,3 +1142,37 @@ fn a_violating_ack_stops_the_frames_after_it_in_its_packet() {
     );
     assert!(events.iter().any(|e| matches!(e, Event::Closed { .. })));
 }
+
+#[test]
+fn an_ack_frame_too_long_for_the_datagram_goes_out_with_its_highest_ranges() {
+    // 64 received packet numbers 1.5 * 2^30 apart make 64 ranges with 8-byte gaps, about 600
+    // bytes of ACK frame: a 512-byte datagram carries the highest ranges, halving their
+    // number until the frame fits.
+    const STEP: u64 = 3 << 29;
+    let now = t0();
+    let config = Config::default()
+        .max_datagram_size(512)
+        .max_message_size(64 << 10);
+    let mut c = conn(config, now);
+    for k in 0..64u64 {
+        let pn = (k * STEP) as u32;
+        c.handle_datagram(now, &datagram(pn, &[Frame::Ping]))
+            .unwrap();
+    }
+    let mut buf = [0u8; 1500];
+    let n = c.poll_transmit(now, &mut buf).expect("an acknowledgement");
+    assert!(n <= 512, "{n}");
+    let (_, payload) = wire::open(&buf[..n], &Crc32).unwrap();
+    let frames: Vec<_> = wire::frames(payload).map(|f| f.unwrap()).collect();
+    let Frame::Ack(ack) = frames[0] else {
+        panic!("{frames:?}")
+    };
+    let got: Vec<_> = ack.ranges().collect();
+    let want: Vec<_> = (0..64u64)
+        .rev()
+        .map(|k| k * STEP..k * STEP + 1)
+        .take(got.len())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(got.len(), 32);
+}

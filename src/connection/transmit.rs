@@ -9,7 +9,8 @@ use super::{Connection, State};
 use crate::message::Guarantee;
 use crate::seq::PacketNumber;
 use crate::wire::{
-    self, CloseFrame, ForwardEntry, Fragment, Frame, Header, MessageFrame, PacketType, Writer,
+    self, CloseFrame, ForwardEntry, Fragment, Frame, Header, MessageFrame, PacketType, WireError,
+    Writer,
 };
 
 /// Which queue the next message fragment comes from.
@@ -219,16 +220,18 @@ impl Connection {
                 .take_while(move |r| r.end > floor)
                 .map(move |r| r.start.max(floor)..r.end)
                 .take(n);
-            if wire::ack_frame_len(delay_us, ranges.clone()) <= w.remaining() {
-                if wire::emit_ack(w, delay_us, ranges).is_ok() {
+            // Written whole or not at all; a frame too long for the room left is tried again
+            // with half the ranges.
+            match wire::emit_ack(w, delay_us, ranges) {
+                Ok(()) => {
                     self.rx.ack_pending = false;
                     self.rx.eliciting_since_ack = 0;
                     self.timers.stop(crate::timer::Timer::Ack);
                     return upto;
                 }
-                return 0;
+                Err(WireError::BufferTooSmall) => n /= 2,
+                Err(_) => return 0,
             }
-            n /= 2;
         }
         0
     }
@@ -239,17 +242,15 @@ impl Connection {
         let mut n = self.config.max_msg_ack_ranges;
         loop {
             let ranges = self.rx.done.set_ranges().take(n);
-            if wire::msg_ack_frame_len(cum, limit, ranges.clone()) <= w.remaining() {
-                if wire::emit_msg_ack(w, cum, limit, ranges).is_ok() {
+            // Written whole or not at all, as the ACK frame.
+            match wire::emit_msg_ack(w, cum, limit, ranges) {
+                Ok(()) => {
                     self.rx.msg_ack_dirty = false;
                     return true;
                 }
-                return false;
+                Err(WireError::BufferTooSmall) if n > 0 => n /= 2,
+                Err(_) => return false,
             }
-            if n == 0 {
-                return false;
-            }
-            n /= 2;
         }
     }
 

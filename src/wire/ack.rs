@@ -268,10 +268,10 @@ pub fn emit_ack<I: Iterator<Item = Range<u64>> + Clone>(
     ack_delay_us: u64,
     ranges_desc: I,
 ) -> Result<(), WireError> {
-    reserve(w, ack_frame_len(ack_delay_us, ranges_desc.clone()))?;
-    let Some(plan) = walk_ack(ranges_desc.clone(), |_, _| Ok(()))? else {
+    let Some((plan, len)) = ack_plan(ack_delay_us, ranges_desc.clone()) else {
         return Ok(());
     };
+    reserve(w, len)?;
     w.put_u8(ty::ACK)?;
     w.put_varint(plan.largest)?;
     w.put_varint(ack_delay_us.min(MAX_VARINT))?;
@@ -289,21 +289,28 @@ pub fn ack_frame_len<I: Iterator<Item = Range<u64>> + Clone>(
     ack_delay_us: u64,
     ranges_desc: I,
 ) -> usize {
+    ack_plan(ack_delay_us, ranges_desc).map_or(0, |(_, len)| len)
+}
+
+/// What an ACK frame from these ranges starts with, and its length, in one walk of the
+/// ranges. `None` when not even the first range is usable (nothing is written).
+fn ack_plan<I: Iterator<Item = Range<u64>>>(
+    ack_delay_us: u64,
+    ranges_desc: I,
+) -> Option<(AckPlan, usize)> {
     let mut pairs_len = 0usize;
     let plan = walk_ack(ranges_desc, |gap, len| {
         pairs_len += varint_len(gap) + varint_len(len);
         Ok(())
-    });
-    match plan {
-        Ok(Some(plan)) => {
-            1 + varint_len(plan.largest)
-                + varint_len(ack_delay_us.min(MAX_VARINT))
-                + varint_len(plan.additional as u64)
-                + varint_len(plan.first_range)
-                + pairs_len
-        }
-        _ => 0,
-    }
+    })
+    .ok()??;
+    let len = 1
+        + varint_len(plan.largest)
+        + varint_len(ack_delay_us.min(MAX_VARINT))
+        + varint_len(plan.additional as u64)
+        + varint_len(plan.first_range)
+        + pairs_len;
+    Some((plan, len))
 }
 
 // MSG_ACK
@@ -531,8 +538,8 @@ pub fn emit_msg_ack<I: Iterator<Item = Range<u64>> + Clone>(
     if limit < cumulative {
         return Err(WireError::LimitBelowCumulative);
     }
-    reserve(w, msg_ack_frame_len(cumulative, limit, ranges_asc.clone()))?;
-    let count = walk_msg_ack(cumulative, ranges_asc.clone(), |_, _| Ok(()))?;
+    let (count, len) = msg_ack_plan(cumulative, limit, ranges_asc.clone());
+    reserve(w, len)?;
     w.put_u8(ty::MSG_ACK)?;
     w.put_varint(cumulative)?;
     w.put_varint(limit)?;
@@ -550,16 +557,28 @@ pub fn msg_ack_frame_len<I: Iterator<Item = Range<u64>> + Clone>(
     limit: u64,
     ranges_asc: I,
 ) -> usize {
+    msg_ack_plan(cumulative, limit, ranges_asc).1
+}
+
+/// The number of ranges a MSG_ACK frame from these arguments carries, and its length, in one
+/// walk of the ranges.
+fn msg_ack_plan<I: Iterator<Item = Range<u64>>>(
+    cumulative: u64,
+    limit: u64,
+    ranges_asc: I,
+) -> (usize, usize) {
     let mut pairs_len = 0usize;
     let count = walk_msg_ack(cumulative, ranges_asc, |gap, len| {
         pairs_len += varint_len(gap) + varint_len(len);
         Ok(())
     })
     .unwrap_or(0);
-    1 + varint_len(cumulative.min(MAX_VARINT))
+    let len = 1
+        + varint_len(cumulative.min(MAX_VARINT))
         + varint_len(limit.min(MAX_VARINT))
         + varint_len(count as u64)
-        + pairs_len
+        + pairs_len;
+    (count, len)
 }
 
 /// The first `count` (gap, length) pairs of validated raw bytes.
