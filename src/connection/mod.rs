@@ -214,8 +214,8 @@ pub struct Connection {
     scratch: Vec<std::ops::Range<u64>>,
     frame_scratch: Vec<ledger::SentFrame>,
     probe_scratch: Vec<(u64, ledger::SentPacket)>,
-    /// Packet numbers skipped on purpose (most recent last): an ACK for one of them proves
-    /// the peer acknowledges packets it never received (RFC 9000 section 21.4).
+    /// Packet numbers skipped on purpose, ascending (most recent last): an ACK for one of
+    /// them proves the peer acknowledges packets it never received (RFC 9000 section 21.4).
     skipped_pns: VecDeque<u64>,
     /// The next packet number to skip.
     next_skip: u64,

@@ -3,6 +3,7 @@
 //! (Undeliverable) with a reason.
 
 use std::cmp::Reverse;
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -150,6 +151,21 @@ impl Latencies {
             histogram.record_n(d, n);
         }
     }
+}
+
+/// Whether `ack` covers one of the `skipped` packet numbers (ascending): one binary search
+/// per range, and none when the ranges' span holds no skipped number.
+fn acks_a_skipped_pn(skipped: &VecDeque<u64>, ack: &AckFrame<'_>) -> bool {
+    let (Some(&low), Some(&high)) = (skipped.front(), skipped.back()) else {
+        return false;
+    };
+    if high < ack.smallest() || low > ack.largest {
+        return false;
+    }
+    ack.ranges().any(|r| {
+        let i = skipped.partition_point(|&p| p < r.start);
+        skipped.get(i).is_some_and(|&p| p < r.end)
+    })
 }
 
 /// Number of fragments for a payload of `len` bytes.
@@ -460,11 +476,7 @@ impl Connection {
         {
             return Err(self.protocol_violation(now, "ACK of a packet never sent"));
         }
-        if !self.skipped_pns.is_empty()
-            && ack
-                .ranges()
-                .any(|r| self.skipped_pns.iter().any(|p| r.contains(p)))
-        {
+        if acks_a_skipped_pn(&self.skipped_pns, ack) {
             return Err(self.protocol_violation(
                 now,
                 "ACK of a skipped packet number (optimistic acknowledgement)",
@@ -893,6 +905,31 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The binary search finds a skipped number in an ACK exactly when some range holds
+        /// one.
+        #[test]
+        fn acks_a_skipped_pn_agrees_with_checking_every_number(
+            skipped in proptest::collection::btree_set(0u64..400, 0..16),
+            received in proptest::collection::btree_set(0u64..400, 1..120),
+        ) {
+            let skipped: VecDeque<u64> = skipped.into_iter().collect();
+            let mut set = crate::rangeset::RangeSet::new(256);
+            for &pn in &received {
+                set.insert_one(pn);
+            }
+            let mut buf = [0u8; 2048];
+            let mut w = crate::wire::Writer::new(&mut buf);
+            crate::wire::emit_ack(&mut w, 0, set.iter().rev()).unwrap();
+            let n = w.position();
+            let Some(Ok(crate::wire::Frame::Ack(ack))) = crate::wire::frames(&buf[..n]).next() else {
+                panic!("no ACK frame");
+            };
+            let naive = ack.ranges().any(|r| skipped.iter().any(|p| r.contains(p)));
+            proptest::prop_assert_eq!(acks_a_skipped_pn(&skipped, &ack), naive);
+        }
+    }
 
     #[test]
     fn runs_of_latencies_record_what_each_one_recorded_alone_does() {
