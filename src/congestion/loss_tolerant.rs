@@ -91,15 +91,15 @@ impl Controller for LossTolerant {
         self.inner.on_packet_acked(now, sent_time, bytes, rtt);
     }
 
-    fn on_congestion_event(&mut self, now: Instant, sent_time: Instant, persistent: bool) {
-        // A persistent-congestion event follows the losses that make it up, which were
-        // recorded one by one: it is not a loss of its own.
-        if !persistent {
-            self.record(true);
+    fn on_congestion_event(&mut self, now: Instant, sent_time: Instant) {
+        self.record(true);
+        if self.congested() {
+            self.inner.on_congestion_event(now, sent_time);
         }
-        if persistent || self.congested() {
-            self.inner.on_congestion_event(now, sent_time, persistent);
-        }
+    }
+
+    fn on_persistent_congestion(&mut self, now: Instant) {
+        self.inner.on_persistent_congestion(now);
     }
 
     fn window(&self) -> u64 {
@@ -141,7 +141,7 @@ mod tests {
             if i % 20 == 0 {
                 // 5% loss
                 let before = c.window();
-                c.on_congestion_event(t + Duration::from_millis(i), t, false);
+                c.on_congestion_event(t + Duration::from_millis(i), t);
                 assert_eq!(c.window(), before, "loss {i} looked random");
             }
         }
@@ -156,11 +156,7 @@ mod tests {
         let queued = rtt_with(&[10, 40, 40, 40, 40, 40]);
         c.on_packet_acked(t, t, MDS, &queued);
         let before = c.window();
-        c.on_congestion_event(
-            t + Duration::from_millis(1),
-            t + Duration::from_millis(1),
-            false,
-        );
+        c.on_congestion_event(t + Duration::from_millis(1), t + Duration::from_millis(1));
         assert_eq!(c.window(), before / 2);
     }
 
@@ -178,7 +174,6 @@ mod tests {
             c.on_congestion_event(
                 t + Duration::from_millis(i + 1),
                 t + Duration::from_millis(i + 1),
-                false,
             );
             reduced |= c.window() < before;
         }
@@ -191,7 +186,7 @@ mod tests {
         let t = t0();
         let mut c = LossTolerant::new(MDS);
         c.on_packet_acked(t, t, MDS, &rtt_with(&[10, 10]));
-        c.on_congestion_event(t, t, true);
+        c.on_persistent_congestion(t);
         assert_eq!(c.window(), 2 * MDS);
     }
 }

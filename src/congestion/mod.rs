@@ -25,9 +25,13 @@ pub trait Controller: std::fmt::Debug + Send {
     /// A packet of `bytes` bytes, sent at `sent_time`, was acknowledged for the first time.
     fn on_packet_acked(&mut self, now: Instant, sent_time: Instant, bytes: u64, rtt: &RttEstimator);
 
-    /// A packet sent at `sent_time` was declared lost (or a persistent-congestion period was
-    /// detected when `persistent` is true).
-    fn on_congestion_event(&mut self, now: Instant, sent_time: Instant, persistent: bool);
+    /// A packet sent at `sent_time` was declared lost.
+    fn on_congestion_event(&mut self, now: Instant, sent_time: Instant);
+
+    /// Persistent congestion was established (RFC 9002 section 7.6): the packets lost over
+    /// more than three probe timeouts were each reported to
+    /// [`on_congestion_event`](Self::on_congestion_event) first.
+    fn on_persistent_congestion(&mut self, now: Instant);
 
     /// The congestion window in bytes: how many bytes may be in flight.
     fn window(&self) -> u64;

@@ -99,18 +99,19 @@ impl Controller for NewReno {
         }
     }
 
-    fn on_congestion_event(&mut self, now: Instant, sent_time: Instant, persistent: bool) {
+    fn on_congestion_event(&mut self, now: Instant, sent_time: Instant) {
         if !self.in_recovery(sent_time) {
             self.recovery_start = Some(now);
             self.ssthresh = self.window / 2;
             self.window = self.ssthresh.max(self.minimum_window());
             self.bytes_acked = 0;
         }
-        if persistent {
-            self.window = self.minimum_window();
-            self.recovery_start = None;
-            self.bytes_acked = 0;
-        }
+    }
+
+    fn on_persistent_congestion(&mut self, _now: Instant) {
+        self.window = self.minimum_window();
+        self.recovery_start = None;
+        self.bytes_acked = 0;
     }
 
     fn window(&self) -> u64 {
@@ -181,25 +182,25 @@ mod tests {
         assert_eq!(c.window(), 24_000);
 
         // A packet sent at 20 is lost, detected at 100: recovery starts at 100.
-        c.on_congestion_event(at(100), at(20), false);
+        c.on_congestion_event(at(100), at(20));
         assert_eq!((c.window(), c.ssthresh()), (12_000, 12_000));
         assert!(c.in_recovery(at(100)) && !c.in_recovery(at(101)));
 
         // More losses and late acks of packets sent before the recovery start change nothing.
-        c.on_congestion_event(at(110), at(30), false);
-        c.on_congestion_event(at(120), at(100), false);
+        c.on_congestion_event(at(110), at(30));
+        c.on_congestion_event(at(120), at(100));
         c.on_packet_acked(at(130), at(90), MDS, &rtt());
         assert_eq!(c.window(), 12_000);
 
         // A packet sent after the recovery start ends it: its loss reduces again.
-        c.on_congestion_event(at(200), at(150), false);
+        c.on_congestion_event(at(200), at(150));
         assert_eq!((c.window(), c.ssthresh()), (6000, 6000));
     }
 
     #[test]
     fn congestion_avoidance_adds_one_datagram_per_window() {
         let mut c = NewReno::new(MDS);
-        c.on_congestion_event(at(10), at(0), false);
+        c.on_congestion_event(at(10), at(0));
         assert_eq!(c.window(), 6000);
         // 6000 bytes acknowledged (packets sent after recovery): +1 datagram.
         for _ in 0..4 {
@@ -221,9 +222,10 @@ mod tests {
     fn slow_start_stops_at_the_threshold() {
         let mut c = NewReno::new(MDS);
         c.on_packet_acked(at(10), at(0), 12_000, &rtt());
-        c.on_congestion_event(at(20), at(5), false); // window 12000, ssthresh 12000
+        c.on_congestion_event(at(20), at(5)); // window 12000, ssthresh 12000
         // Persistent congestion within the same period: the threshold stays, the window collapses.
-        c.on_congestion_event(at(30), at(15), true);
+        c.on_congestion_event(at(30), at(15));
+        c.on_persistent_congestion(at(30));
         assert_eq!(c.window(), 2400);
         c.on_packet_acked(at(40), at(35), 9000, &rtt());
         assert_eq!(c.window(), 11_400);
@@ -236,13 +238,15 @@ mod tests {
     fn persistent_congestion_collapses_to_the_minimum() {
         let mut c = NewReno::new(MDS);
         c.on_packet_acked(at(10), at(0), 50_000, &rtt());
-        c.on_congestion_event(at(100), at(20), true);
+        c.on_congestion_event(at(100), at(20));
+        c.on_persistent_congestion(at(100));
         assert_eq!(c.window(), 2 * MDS);
         assert!(!c.in_recovery(at(0)));
         // Even inside a recovery period.
         let mut c = NewReno::new(MDS);
-        c.on_congestion_event(at(100), at(20), false);
-        c.on_congestion_event(at(110), at(30), true);
+        c.on_congestion_event(at(100), at(20));
+        c.on_congestion_event(at(110), at(30));
+        c.on_persistent_congestion(at(110));
         assert_eq!(c.window(), 2 * MDS);
     }
 
@@ -251,7 +255,10 @@ mod tests {
         let mut c = NewReno::new(MDS);
         for i in 0..50 {
             // Each loss is of a packet sent after the previous recovery started.
-            c.on_congestion_event(at(i * 10 + 5), at(i * 10 + 1), i % 7 == 0);
+            c.on_congestion_event(at(i * 10 + 5), at(i * 10 + 1));
+            if i % 7 == 0 {
+                c.on_persistent_congestion(at(i * 10 + 5));
+            }
             assert!(c.window() >= c.minimum_window(), "step {i}");
         }
         assert_eq!(c.window(), 2 * MDS);

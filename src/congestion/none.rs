@@ -18,7 +18,9 @@ impl Controller for NoCongestionControl {
     fn on_packet_acked(&mut self, _now: Instant, _sent: Instant, _bytes: u64, _rtt: &RttEstimator) {
     }
 
-    fn on_congestion_event(&mut self, _now: Instant, _sent_time: Instant, _persistent: bool) {}
+    fn on_congestion_event(&mut self, _now: Instant, _sent_time: Instant) {}
+
+    fn on_persistent_congestion(&mut self, _now: Instant) {}
 
     fn window(&self) -> u64 {
         u64::MAX
@@ -42,7 +44,8 @@ mod tests {
         let rtt = RttEstimator::new(Duration::from_millis(100));
         let mut c = NoCongestionControl;
         c.on_packet_sent(t0, 1200);
-        c.on_congestion_event(t0, t0, true);
+        c.on_congestion_event(t0, t0);
+        c.on_persistent_congestion(t0);
         c.on_packet_acked(t0, t0, 1200, &rtt);
         assert_eq!(c.window(), u64::MAX);
     }

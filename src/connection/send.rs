@@ -636,23 +636,25 @@ impl Connection {
         for r in &lost {
             self.on_packet_lost(now, r.start);
         }
-        if let Some(sent) = self.persistent_congestion(&lost) {
+        if self.persistent_congestion(&lost) {
             log::debug!("conn {}: persistent congestion", self.local_cid);
             self.stats.persistent_congestion += 1;
-            self.cc.on_congestion_event(now, sent, true);
+            self.cc.on_persistent_congestion(now);
         }
         lost.clear();
         self.scratch = lost;
     }
 
     /// RFC 9002 section 7.6: whether the packets just declared lost (`lost`, in ascending
-    /// order, already settled) establish persistent congestion, and if so the send time of the
-    /// last one. That takes two ack-eliciting packets sent more than three probe timeouts
-    /// apart, both after the first RTT sample, with no packet sent between them acknowledged.
-    fn persistent_congestion(&self, lost: &[Range<u64>]) -> Option<Instant> {
-        let first_sample = self.first_rtt_sample?;
+    /// order, already settled) establish persistent congestion. That takes two ack-eliciting
+    /// packets sent more than three probe timeouts apart, both after the first RTT sample,
+    /// with no packet sent between them acknowledged.
+    fn persistent_congestion(&self, lost: &[Range<u64>]) -> bool {
+        let Some(first_sample) = self.first_rtt_sample else {
+            return false;
+        };
         if lost.len() < 2 {
-            return None;
+            return false;
         }
         let period = self
             .rtt
@@ -674,14 +676,14 @@ impl Connection {
             run = match run {
                 Some((prev, start)) if !self.ledger.any_acked_between(prev, pn) => {
                     if pkt.time.saturating_duration_since(start) > period {
-                        return Some(pkt.time);
+                        return true;
                     }
                     Some((pn, start))
                 }
                 _ => Some((pn, pkt.time)),
             };
         }
-        None
+        false
     }
 
     fn on_packet_lost(&mut self, now: Instant, pn: u64) {
@@ -691,7 +693,7 @@ impl Connection {
         log::trace!("conn {}: packet {pn} lost", self.local_cid);
         self.stats.packets_lost += 1;
         if pkt.in_flight {
-            self.cc.on_congestion_event(now, pkt.time, false);
+            self.cc.on_congestion_event(now, pkt.time);
         }
         self.requeue_frames(pn, &pkt, true);
     }
