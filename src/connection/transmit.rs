@@ -503,12 +503,8 @@ fn write_out_fragment(
     let written = if msg.count <= 1 {
         // The common shape, a whole message, written from the fields (as `MessageFrame::emit`
         // would).
-        let (g, ch, payload) = (msg.guarantee, msg.channel, &msg.payload);
-        // One copy of the writer for each shape.
-        match msg.chan_seq {
-            None => wire::emit_whole_message(g, ch, id, None, payload, w).is_ok(),
-            seq => wire::emit_whole_message(g, ch, id, seq, payload, w).is_ok(),
-        }
+        let (g, ch, seq) = (msg.guarantee, msg.channel, msg.chan_seq);
+        wire::emit_whole_message(g, ch, id, seq, &msg.payload, w).is_ok()
     } else {
         message_frame(
             msg.guarantee,

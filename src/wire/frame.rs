@@ -299,12 +299,8 @@ impl<'a> MessageFrame<'a> {
     #[inline]
     pub fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
         if self.fragment.is_none() {
-            let (g, ch, id, payload) = (self.guarantee, self.channel, self.id, self.payload);
-            // One copy of the writer for each shape.
-            return match self.chan_seq {
-                None => emit_whole_message(g, ch, id, None, payload, w),
-                seq => emit_whole_message(g, ch, id, seq, payload, w),
-            };
+            let (g, ch, id, seq) = (self.guarantee, self.channel, self.id, self.chan_seq);
+            return emit_whole_message(g, ch, id, seq, self.payload, w);
         }
         self.emit_any(w)
     }
@@ -572,9 +568,8 @@ impl FusedIterator for ForwardEntries<'_> {}
 /// Writes the MESSAGE frame of a whole message, unordered or (with `chan_seq`) ordered: what
 /// [`MessageFrame::emit`] writes for that shape, from the fields themselves rather than a
 /// frame built for the call. Errors, with nothing written: [`WireError::BufferTooSmall`],
-/// [`WireError::OrderedAtMostOnce`], [`WireError::ValueTooLarge`]. Inlined, so that a call
-/// with `chan_seq` known to be `None` compiles to the unordered writer alone.
-#[inline(always)]
+/// [`WireError::OrderedAtMostOnce`], [`WireError::ValueTooLarge`].
+#[inline]
 pub(crate) fn emit_whole_message(
     guarantee: Guarantee,
     channel: u8,
@@ -583,11 +578,28 @@ pub(crate) fn emit_whole_message(
     payload: &[u8],
     w: &mut Writer<'_>,
 ) -> Result<(), WireError> {
+    // One copy of the writer for each shape, so the unordered one tests nothing it lacks.
+    match chan_seq {
+        None => emit_whole::<false>(guarantee, channel, id, 0, payload, w),
+        Some(seq) => emit_whole::<true>(guarantee, channel, id, seq, payload, w),
+    }
+}
+
+/// [`emit_whole_message`] for one shape: `seq` is written when `ORDERED`.
+#[inline(always)]
+fn emit_whole<const ORDERED: bool>(
+    guarantee: Guarantee,
+    channel: u8,
+    id: u64,
+    seq: u64,
+    payload: &[u8],
+    w: &mut Writer<'_>,
+) -> Result<(), WireError> {
     let len = len_u64(payload.len());
     let mut flags = guarantee.to_bits();
     check_varint(id)?;
     let mut total = 3 + varint_len(id) + payload.len();
-    if let Some(seq) = chan_seq {
+    if ORDERED {
         check_varint(seq)?;
         if !guarantee.is_reliable() {
             return Err(WireError::OrderedAtMostOnce);
@@ -601,7 +613,7 @@ pub(crate) fn emit_whole_message(
     let mut w = w.split_off(total)?;
     w.put_array([ty::MESSAGE, flags, channel])?;
     w.put_varint(id)?;
-    if let Some(seq) = chan_seq {
+    if ORDERED {
         w.put_varint(seq)?;
     }
     w.put_varint(len)?;
