@@ -135,9 +135,9 @@ pub struct Connection {
     config: Arc<Config>,
     /// The configured caps, checked in [`crate::limits`].
     limits: ConnectionLimits,
-    integrity: Box<dyn Integrity>,
-    /// Whether `integrity` is the default CRC-32, the check an endpoint makes before routing.
-    crc32_integrity: bool,
+    /// The integrity check set by [`with_integrity`](Self::with_integrity); `None`: the
+    /// default CRC-32, the check an endpoint makes before routing.
+    integrity: Option<Box<dyn Integrity>>,
     local_cid: u64,
     remote_cid: u64,
     state: State,
@@ -264,8 +264,7 @@ impl Connection {
             AckMode::OnReceipt => None,
         };
         let mut conn = Connection {
-            integrity: Box::new(Crc32),
-            crc32_integrity: true,
+            integrity: None,
             local_cid,
             remote_cid,
             state: State::Established,
@@ -331,9 +330,13 @@ impl Connection {
 
     /// Replaces the integrity check (default: CRC-32). Both ends must use the same one.
     pub fn with_integrity(mut self, integrity: Box<dyn Integrity>) -> Self {
-        self.integrity = integrity;
-        self.crc32_integrity = false;
+        self.integrity = Some(integrity);
         self
+    }
+
+    /// The integrity check datagrams are sealed and verified with.
+    fn integrity(&self) -> &dyn Integrity {
+        self.integrity.as_deref().unwrap_or(&Crc32)
     }
 
     // ------------------------------------------------------------------ getters
@@ -465,7 +468,7 @@ impl Connection {
         datagram: &[u8],
     ) -> Result<(), DatagramError> {
         self.drain_tokens(now);
-        self.on_datagram(now, datagram, self.crc32_integrity)
+        self.on_datagram(now, datagram, self.integrity.is_none())
     }
 
     /// Processes expired timers. Call when [`poll_timeout`](Self::poll_timeout)'s deadline

@@ -226,9 +226,9 @@ impl Connection {
             return Err(DatagramError::Closed);
         }
         let opened = if verified {
-            wire::open_verified(data, self.integrity.tag_len())
+            wire::open_verified(data, self.integrity().tag_len())
         } else {
-            wire::open(data, &*self.integrity)
+            wire::open(data, self.integrity())
         };
         let (header, payload) = match opened {
             Ok(x) => x,

@@ -62,7 +62,7 @@ impl Connection {
             self.enter_closed(now);
             return None;
         }
-        let tag_len = self.integrity.tag_len();
+        let tag_len = self.integrity().tag_len();
         let mut w = Writer::new(&mut buf[..mds - tag_len]);
         let header = Header {
             packet_type: PacketType::Data,
@@ -134,7 +134,7 @@ impl Connection {
         if len <= wire::HEADER_LEN {
             return None;
         }
-        let total = wire::seal(buf, len, &*self.integrity).ok()?;
+        let total = wire::seal(buf, len, self.integrity()).ok()?;
         if !self.rx.ack_pending && !self.rx.msg_ack_dirty {
             self.rx.ack_due = false;
         }
