@@ -181,6 +181,18 @@ fn client_config() -> Option<EndpointConfig> {
     Some(EndpointConfig::default().accept_incoming(false))
 }
 
+/// A world of `nodes` endpoints: node 0 a server with the default configuration, the
+/// others clients.
+fn server_and_clients(seed: u64, nodes: usize) -> World {
+    World::new(seed, nodes, |i| {
+        if i == 0 {
+            Some(EndpointConfig::default())
+        } else {
+            client_config()
+        }
+    })
+}
+
 /// Connects node `client` to node 0 and runs until both sides report it.
 fn handshake(w: &mut World, client: usize) -> (ConnectionHandle, ConnectionHandle) {
     let now = w.now;
@@ -207,13 +219,7 @@ fn handshake(w: &mut World, client: usize) -> (ConnectionHandle, ConnectionHandl
 #[test]
 fn handshake_then_exactly_once_messages_both_ways() {
     for_each_seed("SURELY_SEED", 0..8, |seed| {
-        let mut w = World::new(seed, 2, |i| {
-            if i == 0 {
-                Some(EndpointConfig::default())
-            } else {
-                client_config()
-            }
-        });
+        let mut w = server_and_clients(seed, 2);
         w.link_all(
             LinkConfig::perfect(ms(10))
                 .jitter(ms(5))
@@ -285,13 +291,7 @@ fn handshake_then_exactly_once_messages_both_ways() {
 #[test]
 fn fifty_clients_one_server() {
     const CLIENTS: usize = 50;
-    let mut w = World::new(3, CLIENTS + 1, |i| {
-        if i == 0 {
-            Some(EndpointConfig::default())
-        } else {
-            client_config()
-        }
-    });
+    let mut w = server_and_clients(3, CLIENTS + 1);
     w.link_all(LinkConfig::perfect(ms(5)).jitter(ms(3)).loss(0.02));
     let now = w.now;
     let handles: Vec<ConnectionHandle> = (1..=CLIENTS)
@@ -585,13 +585,7 @@ fn bad_cookies_are_rejected() {
 
 #[test]
 fn a_lost_initial_retry_and_accept_are_recovered() {
-    let mut w = World::new(1, 2, |i| {
-        if i == 0 {
-            Some(EndpointConfig::default())
-        } else {
-            client_config()
-        }
-    });
+    let mut w = server_and_clients(1, 2);
     w.link_all(LinkConfig::perfect(ms(20)));
     // Drop the first datagram of each handshake type.
     let mut seen = BTreeSet::new();
@@ -721,13 +715,7 @@ fn a_closed_connection_frees_its_slot() {
 
 #[test]
 fn a_peer_that_vanishes_is_closed_by_idle_timeout_and_freed() {
-    let mut w = World::new(6, 2, |i| {
-        if i == 0 {
-            Some(EndpointConfig::default())
-        } else {
-            client_config()
-        }
-    });
+    let mut w = server_and_clients(6, 2);
     w.link_all(LinkConfig::perfect(ms(5)));
     let (_, hs) = handshake(&mut w, 1);
     w.eps[1] = None; // the client disappears without a word
@@ -743,13 +731,7 @@ fn a_peer_that_vanishes_is_closed_by_idle_timeout_and_freed() {
 
 #[test]
 fn unknown_ids_wrong_addresses_and_garbage_are_counted_and_dropped() {
-    let mut w = World::new(7, 3, |i| {
-        if i == 0 {
-            Some(EndpointConfig::default())
-        } else {
-            client_config()
-        }
-    });
+    let mut w = server_and_clients(7, 3);
     let (hc, _) = handshake(&mut w, 1);
     let server_cid = w.ep(1).connection(hc).unwrap().remote_cid();
     let now = w.now;
@@ -895,13 +877,7 @@ fn a_connection_with_its_own_integrity_check_under_an_endpoint_still_makes_that_
     // another check must still apply its own, not rely on the endpoint's. The control: the
     // same swap with a check that accepts delivers the message.
     for accept in [false, true] {
-        let mut w = World::new(1, 2, |i| {
-            if i == 0 {
-                Some(EndpointConfig::default())
-            } else {
-                client_config()
-            }
-        });
+        let mut w = server_and_clients(1, 2);
         w.link_all(LinkConfig::perfect(ms(10)));
         let (hc, hs) = handshake(&mut w, 1);
         let now = w.now;

@@ -29,6 +29,27 @@ fn datagram(pn: u32, frames: &[Frame<'_>]) -> Vec<u8> {
     buf
 }
 
+/// The bytes of an ACK frame (no ack delay) for `ranges`, highest first.
+fn ack_frame(ranges: &[std::ops::Range<u64>]) -> Vec<u8> {
+    let mut fb = vec![0u8; 1024];
+    let mut w = wire::Writer::new(&mut fb);
+    wire::emit_ack(&mut w, 0, ranges.iter().cloned()).unwrap();
+    let n = w.position();
+    fb.truncate(n);
+    fb
+}
+
+/// The one frame in `bytes`.
+fn one_frame(bytes: &[u8]) -> Frame<'_> {
+    wire::frames(bytes).next().unwrap().unwrap()
+}
+
+/// A datagram from the peer (packet number `pn`) whose only frame acknowledges `ranges`,
+/// highest first.
+fn ack_datagram(pn: u32, ranges: &[std::ops::Range<u64>]) -> Vec<u8> {
+    datagram(pn, &[one_frame(&ack_frame(ranges))])
+}
+
 fn message(g: Guarantee, id: u64, payload: &[u8]) -> Frame<'_> {
     Frame::Message(MessageFrame {
         guarantee: g,
@@ -159,13 +180,9 @@ fn message_beyond_the_window_is_not_acknowledged() {
 fn ack_of_a_packet_never_sent_closes_the_connection() {
     let now = t0();
     let mut c = conn(Config::default(), now);
-    let mut buf = vec![0u8; 64];
-    let mut w = wire::Writer::new(&mut buf);
-    wire::emit_ack(&mut w, 0, std::iter::once(0..1_000_000)).unwrap();
-    let n = w.position();
-    let (frames, _) = buf.split_at(n);
-    let parsed: Vec<_> = wire::frames(frames).map(|f| f.unwrap()).collect();
-    let err = c.handle_datagram(now, &datagram(0, &parsed)).unwrap_err();
+    let err = c
+        .handle_datagram(now, &ack_datagram(0, &[0..1_000_000]))
+        .unwrap_err();
     assert!(matches!(err, DatagramError::ProtocolViolation(_)));
     assert_eq!(c.state(), State::Closing);
     let closed = std::iter::from_fn(|| c.poll_event())
@@ -184,22 +201,12 @@ fn ack_with_a_huge_range_is_cheap_and_below_the_first_packet_a_violation() {
     c.send(now, b"x", Guarantee::ExactlyOnce).unwrap();
     let mut buf = [0u8; 1500];
     c.poll_transmit(now, &mut buf).unwrap();
-    let ack = |range: std::ops::Range<u64>| {
-        let mut fb = vec![0u8; 64];
-        let mut w = wire::Writer::new(&mut fb);
-        wire::emit_ack(&mut w, 0, std::iter::once(range)).unwrap();
-        let n = w.position();
-        fb.truncate(n);
-        fb
-    };
     let later = now + Duration::from_millis(5);
-    let honest = ack(1 << 40..(1 << 40) + 1);
-    let frames: Vec<_> = wire::frames(&honest).map(|f| f.unwrap()).collect();
-    c.handle_datagram(later, &datagram(0, &frames)).unwrap();
+    let honest = ack_datagram(0, &[1 << 40..(1 << 40) + 1]);
+    c.handle_datagram(later, &honest).unwrap();
     assert_eq!(c.stats().rtt, Duration::from_millis(5));
-    let lie = ack(0..(1 << 40) + 1);
-    let frames: Vec<_> = wire::frames(&lie).map(|f| f.unwrap()).collect();
-    let err = c.handle_datagram(later, &datagram(1, &frames)).unwrap_err();
+    let lie = ack_datagram(1, &[0..(1 << 40) + 1]);
+    let err = c.handle_datagram(later, &lie).unwrap_err();
     assert!(matches!(err, DatagramError::ProtocolViolation(_)));
 }
 
@@ -320,25 +327,12 @@ fn acknowledging_a_skipped_packet_number_closes_the_connection() {
     let skipped = c.skipped_pns[0];
     assert!(skipped < largest);
     // An honest acknowledgement leaves the skipped number out...
-    let mut fb = vec![0u8; 64];
-    let mut w = wire::Writer::new(&mut fb);
-    wire::emit_ack(
-        &mut w,
-        0,
-        [skipped + 1..skipped + 2, 0..skipped].into_iter(),
-    )
-    .unwrap();
-    let n = w.position();
-    let frames: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
-    c.handle_datagram(now, &datagram(0, &frames)).unwrap();
+    let honest = ack_datagram(0, &[skipped + 1..skipped + 2, 0..skipped]);
+    c.handle_datagram(now, &honest).unwrap();
     assert_eq!(c.state(), State::Established);
     // ...an optimistic one covers it.
-    let mut fb = vec![0u8; 64];
-    let mut w = wire::Writer::new(&mut fb);
-    wire::emit_ack(&mut w, 0, std::iter::once(0..largest + 1)).unwrap();
-    let n = w.position();
-    let frames: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
-    let err = c.handle_datagram(now, &datagram(1, &frames)).unwrap_err();
+    let optimistic = ack_datagram(1, &[0..largest + 1]);
+    let err = c.handle_datagram(now, &optimistic).unwrap_err();
     assert!(matches!(err, DatagramError::ProtocolViolation(why) if why.contains("skipped")));
     assert_eq!(c.state(), State::Closing);
 }
@@ -1025,14 +1019,9 @@ fn sending_every_with(
 
 /// A datagram (packet number `pn`) with one ACK frame for exactly `pns`.
 fn ack_of(pn: u32, pns: &[u64]) -> Vec<u8> {
-    let mut fb = vec![0u8; 256];
-    let mut w = wire::Writer::new(&mut fb);
     let mut ranges: Vec<_> = pns.iter().map(|&p| p..p + 1).collect();
     ranges.sort_by_key(|r| std::cmp::Reverse(r.start));
-    wire::emit_ack(&mut w, 0, ranges.into_iter()).unwrap();
-    let n = w.position();
-    let frames: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
-    datagram(pn, &frames)
+    ack_datagram(pn, &ranges)
 }
 
 /// Three probe timeouts, the persistent congestion period, of `c` now.
@@ -1127,12 +1116,11 @@ fn a_violating_ack_stops_the_frames_after_it_in_its_packet() {
     // delivered.
     let now = t0();
     let mut c = conn(Config::default(), now);
-    let mut fb = vec![0u8; 64];
-    let mut w = wire::Writer::new(&mut fb);
-    wire::emit_ack(&mut w, 0, std::iter::once(5..6)).unwrap();
-    let n = w.position();
-    let ack: Vec<_> = wire::frames(&fb[..n]).map(|f| f.unwrap()).collect();
-    let d = datagram(0, &[ack[0], message(Guarantee::ExactlyOnce, 0, b"hi")]);
+    let ack = ack_frame(&[5..6]);
+    let d = datagram(
+        0,
+        &[one_frame(&ack), message(Guarantee::ExactlyOnce, 0, b"hi")],
+    );
     let err = c.handle_datagram(now, &d).unwrap_err();
     assert!(matches!(err, DatagramError::ProtocolViolation(_)));
     let events: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
