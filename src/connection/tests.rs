@@ -1025,8 +1025,10 @@ fn ack_of(pn: u32, pns: &[u64]) -> Vec<u8> {
     ack_datagram(pn, ranges)
 }
 
-/// Three probe timeouts, the persistent congestion period, of `c` now.
-fn persistent_period(c: &Connection) -> Duration {
+/// Three probe timeouts, the persistent congestion period, of a connection of
+/// [`sending_every`] after its first RTT sample.
+fn persistent_period() -> Duration {
+    let (c, _, _) = sending_every(Duration::from_millis(1), 0);
     3 * c.rtt.pto(
         c.config.timer_granularity,
         c.config.max_ack_delay,
@@ -1034,19 +1036,26 @@ fn persistent_period(c: &Connection) -> Duration {
     )
 }
 
+/// Acknowledges only the last of `pns` (sent at `last`), 10 ms later, in the peer's packet
+/// `peer_pn`, and returns the counters then.
+fn ack_only_the_last(c: &mut Connection, peer_pn: u32, pns: &[u64], last: Instant) -> Stats {
+    let last_pn = pns[pns.len() - 1];
+    let ack = ack_of(peer_pn, &[last_pn]);
+    c.handle_datagram(last + Duration::from_millis(10), &ack)
+        .unwrap();
+    c.stats()
+}
+
 #[test]
 fn losses_spanning_three_probe_timeouts_collapse_the_window() {
     // Eleven packets a quarter of the period apart; an ACK of the last alone, 10 ms after it,
     // declares the ten before it lost (by the packet and the time thresholds). They were sent
     // 2.25 periods apart with nothing acknowledged between them.
-    let (c0, _, _) = sending_every(Duration::from_millis(1), 0);
-    let period = persistent_period(&c0);
+    let period = persistent_period();
     let (mut c, pns, last) = sending_every(period / 4, 11);
     let before = c.stats().cwnd;
     assert!(before > 2 * 1200, "{before}");
-    c.handle_datagram(last + Duration::from_millis(10), &ack_of(1, &pns[10..]))
-        .unwrap();
-    let s = c.stats();
+    let s = ack_only_the_last(&mut c, 1, &pns, last);
     assert_eq!((s.packets_lost, s.persistent_congestion), (10, 1), "{s:?}");
     assert_eq!(s.cwnd, 2 * c.config.max_datagram_size as u64);
 }
@@ -1055,23 +1064,18 @@ fn losses_spanning_three_probe_timeouts_collapse_the_window() {
 fn losses_within_three_probe_timeouts_or_split_by_an_acknowledgement_only_halve_the_window() {
     // The same eleven packets sixteen times closer together: ten lost, but within 0.6
     // periods.
-    let (c0, _, _) = sending_every(Duration::from_millis(1), 0);
-    let period = persistent_period(&c0);
+    let period = persistent_period();
     let (mut c, pns, last) = sending_every(period / 16, 11);
     let before = c.stats().cwnd;
-    c.handle_datagram(last + Duration::from_millis(10), &ack_of(1, &pns[10..]))
-        .unwrap();
-    let s = c.stats();
+    let s = ack_only_the_last(&mut c, 1, &pns, last);
     assert_eq!((s.packets_lost, s.persistent_congestion), (10, 0), "{s:?}");
     assert_eq!(s.cwnd, before / 2);
     // A sixth of the period apart, so that the ten losses span 1.5 periods, but the sixth
     // packet acknowledged: the losses before it and after it each span less than the period
     // (which the second RTT sample makes about a sixth shorter).
     let (mut whole, pns, last) = sending_every(period / 6, 11);
-    whole
-        .handle_datagram(last + Duration::from_millis(10), &ack_of(1, &pns[10..]))
-        .unwrap();
-    assert_eq!(whole.stats().persistent_congestion, 1);
+    let s = ack_only_the_last(&mut whole, 1, &pns, last);
+    assert_eq!(s.persistent_congestion, 1);
     let (mut c, pns, last) = sending_every(period / 6, 11);
     let before = c.stats().cwnd;
     c.handle_datagram(
@@ -1089,8 +1093,7 @@ fn acknowledgement_only_packets_between_losses_do_not_split_persistent_congestio
     // The peer's packets keep arriving (PINGs), and each is answered by an acknowledgement
     // alone, which is lost with the data packets around it: nothing sent between the lost
     // data packets was acknowledged, so the losses still establish persistent congestion.
-    let (c0, _, _) = sending_every(Duration::from_millis(1), 0);
-    let period = persistent_period(&c0);
+    let period = persistent_period();
     let mut peer_pn = 1;
     let (mut c, pns, last) = sending_every_with(period / 4, 11, |c, now| {
         c.handle_datagram(now, &datagram(peer_pn, &[Frame::Ping]))
@@ -1104,9 +1107,7 @@ fn acknowledgement_only_packets_between_losses_do_not_split_persistent_congestio
         let pkt = c.ledger.get(u64::from(h.packet_number)).unwrap();
         assert!(!pkt.ack_eliciting);
     });
-    c.handle_datagram(last + Duration::from_millis(10), &ack_of(12, &pns[10..]))
-        .unwrap();
-    let s = c.stats();
+    let s = ack_only_the_last(&mut c, 12, &pns, last);
     assert_eq!((s.packets_lost, s.persistent_congestion), (10, 1), "{s:?}");
 }
 
