@@ -711,7 +711,13 @@ impl Connection {
 
     /// Three probe timeouts: long enough for a CLOSE and its acknowledgement to cross.
     fn close_period(&self) -> std::time::Duration {
-        3 * self.rtt.pto(
+        3 * self.base_pto()
+    }
+
+    /// The probe timeout before backoff, from the RTT estimate and the configuration: what the
+    /// loss timer, the closing period and persistent congestion measure time in.
+    pub(super) fn base_pto(&self) -> std::time::Duration {
+        self.rtt.pto(
             self.config.timer_granularity,
             self.config.max_ack_delay,
             self.config.min_rto,

@@ -657,12 +657,7 @@ impl Connection {
             return false;
         }
         let period = self
-            .rtt
-            .pto(
-                self.config.timer_granularity,
-                self.config.max_ack_delay,
-                self.config.min_rto,
-            )
+            .base_pto()
             .saturating_mul(PERSISTENT_CONGESTION_THRESHOLD);
         // The current run: its last lost ack-eliciting packet and the send time of its first.
         let mut run: Option<(u64, Instant)> = None;
@@ -756,11 +751,7 @@ impl Connection {
             self.timers.stop(Timer::Loss);
             return;
         }
-        let base = self.rtt.pto(
-            self.config.timer_granularity,
-            self.config.max_ack_delay,
-            self.config.min_rto,
-        );
+        let base = self.base_pto();
         let pto = backoff(base, self.pto_count, self.config.max_rto);
         let from = self.ledger.last_eliciting_sent.unwrap_or(self.last_sent);
         // Never in the past: a timer that is already due when armed would spin a driver.

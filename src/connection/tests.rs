@@ -1029,11 +1029,7 @@ fn ack_of(pn: u32, pns: &[u64]) -> Vec<u8> {
 /// [`sending_every`] after its first RTT sample.
 fn persistent_period() -> Duration {
     let (c, _, _) = sending_every(Duration::from_millis(1), 0);
-    3 * c.rtt.pto(
-        c.config.timer_granularity,
-        c.config.max_ack_delay,
-        c.config.min_rto,
-    )
+    3 * c.base_pto()
 }
 
 /// Acknowledges only the last of `pns` (sent at `last`), 10 ms later, in the peer's packet
