@@ -87,6 +87,11 @@ fn decode(datagram: &[u8]) -> u64 {
     for frame in wire::frames(payload) {
         match frame.unwrap() {
             Frame::Message(m) => sum = sum.wrapping_add(m.id + m.payload.len() as u64),
+            Frame::Messages(b) => {
+                for m in b.messages() {
+                    sum = sum.wrapping_add(m.id + m.payload.len() as u64);
+                }
+            }
             Frame::Ack(a) => {
                 for r in a.ranges() {
                     sum = sum.wrapping_add(r.end - r.start);

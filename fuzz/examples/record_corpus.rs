@@ -141,6 +141,7 @@ fn kind_of(d: &[u8]) -> String {
             Ok(Frame::Reject(_)) => "rej",
             Ok(Frame::AmoFloor { .. }) => "floor",
             Ok(Frame::Close(_)) => "close",
+            Ok(Frame::Messages(_)) => "msgs",
             Err(_) => "err",
         };
         if names.last() != Some(&name) {

@@ -7,8 +7,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use surely::Guarantee;
 use surely::wire::{
-    self, CloseFrame, Crc32, ForwardEntry, Fragment, Frame, Header, MessageFrame, PacketType,
-    Writer,
+    self, CloseFrame, Crc32, ForwardEntry, Fragment, Frame, Header, MessageFrame, MessagesWriter,
+    PacketType, Writer,
 };
 
 #[allow(clippy::enum_variant_names)] // the guarantees' own names
@@ -40,6 +40,8 @@ enum Spec {
     Reject(Vec<u64>),
     AmoFloor(u64),
     Close(u64, String),
+    /// A MESSAGES frame: guarantee, channel, first id, first sequence number, payloads.
+    Messages(G, u8, u64, Option<u64>, Vec<Vec<u8>>),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -47,6 +49,14 @@ struct Input {
     conn_id: u64,
     packet_number: u32,
     specs: Vec<Spec>,
+}
+
+fn guarantee(g: &G) -> Guarantee {
+    match g {
+        G::AtMostOnce => Guarantee::AtMostOnce,
+        G::AtLeastOnce => Guarantee::AtLeastOnce,
+        G::ExactlyOnce => Guarantee::ExactlyOnce,
+    }
 }
 
 /// Bytes of a frame emitted by one of the frame builders, parsed back as a `Frame` (ACK,
@@ -105,6 +115,16 @@ fn emitted(spec: &Spec) -> Option<Vec<u8>> {
             wire::emit_forward(&mut w, &entries).ok()?;
         }
         Spec::Reject(ids) => wire::emit_reject(&mut w, ids).ok()?,
+        Spec::Messages(g, channel, id, seq, payloads) => {
+            let (first, rest) = payloads.split_first()?;
+            let mut b =
+                MessagesWriter::begin(&mut w, guarantee(g), *channel, *id, *seq, first).ok()?;
+            for p in rest {
+                if b.push(&mut w, p).is_err() {
+                    break;
+                }
+            }
+        }
         _ => return None,
     }
     let n = w.position();
@@ -121,7 +141,11 @@ fn build<'a>(spec: &'a Spec, store: &'a Option<Vec<u8>>) -> Option<Frame<'a>> {
             len: usize::from(*n),
         },
         Spec::Ping => Frame::Ping,
-        Spec::Ack(..) | Spec::MsgAck(..) | Spec::Forward(_) | Spec::Reject(_) => {
+        Spec::Ack(..)
+        | Spec::MsgAck(..)
+        | Spec::Forward(_)
+        | Spec::Reject(_)
+        | Spec::Messages(..) => {
             let bytes = store.as_ref()?;
             let mut it = wire::frames(bytes);
             let f = it.next()?.expect("emitted frame must parse");
@@ -149,11 +173,7 @@ fn build<'a>(spec: &'a Spec, store: &'a Option<Vec<u8>>) -> Option<Frame<'a>> {
                 None => payload,
             };
             Frame::Message(MessageFrame {
-                guarantee: match g {
-                    G::AtMostOnce => Guarantee::AtMostOnce,
-                    G::AtLeastOnce => Guarantee::AtLeastOnce,
-                    G::ExactlyOnce => Guarantee::ExactlyOnce,
-                },
+                guarantee: guarantee(g),
                 channel: *channel,
                 id: *id,
                 chan_seq: *chan_seq,

@@ -27,7 +27,7 @@ use crate::message::Guarantee;
 use crate::rangeset::RangeSet;
 use crate::seq::{MessageId, PacketNumber};
 use crate::timer::Timer;
-use crate::wire::{self, Frame, MessageFrame};
+use crate::wire::{self, Frame, MessageFrame, MessagesFrame};
 
 /// Frames of one packet parsed into a stack array before any takes effect; a packet with
 /// more (rare: many tiny frames) is parsed again for the rest.
@@ -381,6 +381,7 @@ impl Connection {
         effect.urgent |= eliciting && !matches!(frame, Frame::MsgAck(_));
         match frame {
             Frame::Message(m) => effect.accepted &= self.on_message_frame(now, m),
+            Frame::Messages(b) => effect.accepted &= self.on_messages_frame(now, b),
             _ => self.apply_control_frame(now, frame, effect)?,
         }
         if let Some(why) = self.violation.take() {
@@ -409,6 +410,7 @@ impl Connection {
                 }
             }
             Frame::Message(m) => effect.accepted &= self.on_message_frame(now, m),
+            Frame::Messages(b) => effect.accepted &= self.on_messages_frame(now, b),
             Frame::Forward(f) => {
                 for e in f.entries() {
                     effect.accepted &= self.on_forward_entry(now, e);
@@ -450,6 +452,21 @@ impl Connection {
         } else {
             self.on_amo_message(now, m)
         }
+    }
+
+    /// A MESSAGES frame: each message as if in a MESSAGE frame of its own, in order, up to a
+    /// protocol violation (which stops the frames after it, as it would stop those MESSAGE
+    /// frames). Returns whether every one took effect.
+    #[inline(always)]
+    fn on_messages_frame(&mut self, now: Instant, b: &MessagesFrame<'_>) -> bool {
+        let mut accepted = true;
+        for m in b.messages() {
+            accepted &= self.on_message_frame(now, &m);
+            if self.violation.is_some() {
+                break;
+            }
+        }
+        accepted
     }
 
     fn check_fragment_caps(&self, m: &MessageFrame<'_>) -> bool {

@@ -25,6 +25,7 @@ pub(super) mod ty {
     pub(in crate::wire) const REJECT: u8 = 0x06;
     pub(in crate::wire) const AMO_FLOOR: u8 = 0x07;
     pub(in crate::wire) const CLOSE: u8 = 0x08;
+    pub(in crate::wire) const MESSAGES: u8 = 0x09;
 }
 
 /// Bits of the MESSAGE and FORWARD flags bytes.
@@ -73,6 +74,8 @@ pub enum Frame<'a> {
     },
     /// The connection is closing.
     Close(CloseFrame<'a>),
+    /// Whole messages with consecutive ids, one guarantee and one channel.
+    Messages(MessagesFrame<'a>),
 }
 
 impl<'a> Frame<'a> {
@@ -94,6 +97,7 @@ impl<'a> Frame<'a> {
             Frame::Reject(f) => f.encoded_len(),
             Frame::AmoFloor { floor } => 1 + varint_len(*floor),
             Frame::Close(f) => f.encoded_len(),
+            Frame::Messages(f) => f.encoded_len(),
         }
     }
 
@@ -116,6 +120,7 @@ impl<'a> Frame<'a> {
                 w.put_varint(*floor)
             }
             Frame::Close(f) => f.emit(w),
+            Frame::Messages(f) => f.emit(w),
         }
     }
 
@@ -137,6 +142,7 @@ impl<'a> Frame<'a> {
             ty::REJECT => RejectFrame::parse(r).map(Frame::Reject),
             ty::AMO_FLOOR => Ok(Frame::AmoFloor { floor: r.varint()? }),
             ty::CLOSE => CloseFrame::parse(r).map(Frame::Close),
+            ty::MESSAGES => MessagesFrame::parse(r).map(Frame::Messages),
             other => Err(WireError::UnknownFrame(other)),
         }
     }
@@ -433,6 +439,341 @@ impl<'a> MessageFrame<'a> {
             fragment,
             payload,
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MESSAGES
+
+/// The most messages a [`MessagesWriter`] puts in one frame: its count then fits the one
+/// byte it reserves. (The parser takes any count the frame's bytes can hold.)
+pub const MAX_MESSAGES_WRITTEN: usize = 63;
+
+/// A MESSAGES frame: whole messages with consecutive ids, all with one guarantee and one
+/// channel; ordered ones also have consecutive channel sequence numbers. A run of small
+/// messages sent together costs one frame header instead of one each.
+///
+/// Equality compares the fields and the decoded messages.
+#[derive(Clone, Copy)]
+pub struct MessagesFrame<'a> {
+    guarantee: Guarantee,
+    channel: u8,
+    first_id: u64,
+    first_seq: Option<u64>,
+    count: usize,
+    /// The `(len, payload)` entries.
+    raw: &'a [u8],
+}
+
+impl<'a> MessagesFrame<'a> {
+    /// The messages' guarantee.
+    pub fn guarantee(&self) -> Guarantee {
+        self.guarantee
+    }
+
+    /// The messages' channel.
+    pub fn channel(&self) -> u8 {
+        self.channel
+    }
+
+    /// The first message's id; the others follow it one by one.
+    pub fn first_id(&self) -> u64 {
+        self.first_id
+    }
+
+    /// The first message's channel sequence number if the messages are ordered.
+    pub fn first_seq(&self) -> Option<u64> {
+        self.first_seq
+    }
+
+    /// Number of messages (at least 1).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Always `false`: a MESSAGES frame has at least one message.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The messages, in id order, each as the MESSAGE frame of a whole message would carry it.
+    #[inline]
+    pub fn messages(&self) -> MessagesIter<'a> {
+        MessagesIter {
+            guarantee: self.guarantee,
+            channel: self.channel,
+            id: self.first_id,
+            seq: self.first_seq,
+            left: self.count,
+            r: Reader::new(self.raw),
+        }
+    }
+
+    fn parse(r: &mut Reader<'a>) -> Result<MessagesFrame<'a>, WireError> {
+        let flags = r.u8()?;
+        if flags & (flag::RESERVED | flag::FRAGMENT) != 0 {
+            return Err(WireError::BadFlags(flags));
+        }
+        let guarantee =
+            Guarantee::from_bits(flags & flag::GUARANTEE).ok_or(WireError::BadGuarantee)?;
+        let ordered = flags & flag::ORDERED != 0;
+        if ordered && !guarantee.is_reliable() {
+            return Err(WireError::OrderedAtMostOnce);
+        }
+        let channel = r.u8()?;
+        let first_id = r.varint()?;
+        let first_seq = if ordered { Some(r.varint()?) } else { None };
+        // Each entry takes at least its one-byte length.
+        let count = read_count(r, 1)?;
+        // The last id (and sequence number) must be a varint too. Both operands are at most
+        // MAX_VARINT (below 2^62), so the sums cannot overflow.
+        let last = len_u64(count - 1);
+        if first_id + last > MAX_VARINT || first_seq.is_some_and(|s| s + last > MAX_VARINT) {
+            return Err(WireError::ValueTooLarge);
+        }
+        let start = r.clone();
+        for _ in 0..count {
+            let len = r.varint()?;
+            r.take(usize::try_from(len).map_err(|_| WireError::Truncated)?)?;
+        }
+        Ok(MessagesFrame {
+            guarantee,
+            channel,
+            first_id,
+            first_seq,
+            count,
+            raw: consumed(start, r)?,
+        })
+    }
+
+    /// Header bytes before the entries: type, flags, channel, first id, first sequence
+    /// number and count.
+    fn header_len(first_id: u64, first_seq: Option<u64>, count: usize) -> usize {
+        3 + varint_len(first_id) + first_seq.map_or(0, varint_len) + varint_len(len_u64(count))
+    }
+
+    /// The length `emit` writes: lengths re-encoded in their shortest form.
+    fn encoded_len(&self) -> usize {
+        let entries: usize = self
+            .messages()
+            .map(|m| varint_len(len_u64(m.payload.len())) + m.payload.len())
+            .sum();
+        Self::header_len(self.first_id, self.first_seq, self.count) + entries
+    }
+
+    fn emit(&self, w: &mut Writer<'_>) -> Result<(), WireError> {
+        let mut w = w.split_off(self.encoded_len())?;
+        let flags = self.guarantee.to_bits() | self.first_seq.map_or(0, |_| flag::ORDERED);
+        w.put_array([ty::MESSAGES, flags, self.channel])?;
+        w.put_varint(self.first_id)?;
+        if let Some(seq) = self.first_seq {
+            w.put_varint(seq)?;
+        }
+        w.put_varint(len_u64(self.count))?;
+        for m in self.messages() {
+            w.put_varint(len_u64(m.payload.len()))?;
+            w.put_slice(m.payload)?;
+        }
+        debug_assert_eq!(w.remaining(), 0);
+        Ok(())
+    }
+}
+
+impl PartialEq for MessagesFrame<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.count == other.count && self.messages().eq(other.messages())
+    }
+}
+
+impl Eq for MessagesFrame<'_> {}
+
+impl fmt::Debug for MessagesFrame<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MessagesFrame")
+            .field(&DebugList(self.messages()))
+            .finish()
+    }
+}
+
+/// The messages of a [`MessagesFrame`].
+#[derive(Debug, Clone)]
+pub struct MessagesIter<'a> {
+    guarantee: Guarantee,
+    channel: u8,
+    id: u64,
+    seq: Option<u64>,
+    left: usize,
+    r: Reader<'a>,
+}
+
+impl<'a> Iterator for MessagesIter<'a> {
+    type Item = MessageFrame<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<MessageFrame<'a>> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let entry = self
+            .r
+            .varint()
+            .ok()
+            .and_then(|len| self.r.take(usize::try_from(len).ok()?).ok());
+        let Some(payload) = entry else {
+            self.left = 0; // unreachable: the frame was validated
+            return None;
+        };
+        let m = MessageFrame {
+            guarantee: self.guarantee,
+            channel: self.channel,
+            id: self.id,
+            chan_seq: self.seq,
+            fragment: None,
+            payload,
+        };
+        self.id += 1;
+        self.seq = self.seq.map(|s| s + 1);
+        Some(m)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for MessagesIter<'_> {}
+impl FusedIterator for MessagesIter<'_> {}
+
+/// Writes a MESSAGES frame one message at a time. The frame on the wire is complete after
+/// every step (the count byte is updated as messages are added), so the writer may simply be
+/// dropped when the next message does not fit or does not belong.
+///
+/// ```
+/// use surely::Guarantee;
+/// use surely::wire::{self, Frame, MessagesWriter, Writer};
+///
+/// let mut buf = [0u8; 64];
+/// let mut w = Writer::new(&mut buf);
+/// let mut batch = MessagesWriter::begin(&mut w, Guarantee::ExactlyOnce, 0, 100, None, b"one")?;
+/// batch.push(&mut w, b"two")?;
+/// let n = w.position();
+/// let Some(Ok(Frame::Messages(f))) = wire::frames(&buf[..n]).next() else { panic!() };
+/// let ids: Vec<(u64, &[u8])> = f.messages().map(|m| (m.id, m.payload)).collect();
+/// assert_eq!(ids, [(100, &b"one"[..]), (101, &b"two"[..])]);
+/// # Ok::<(), wire::WireError>(())
+/// ```
+#[derive(Debug)]
+pub struct MessagesWriter<'a> {
+    guarantee: Guarantee,
+    channel: u8,
+    /// The count byte in the frame's header.
+    count_byte: &'a mut u8,
+    count: usize,
+    /// How many messages the frame may hold: [`MAX_MESSAGES_WRITTEN`], or fewer when the ids
+    /// (or sequence numbers) would pass [`MAX_VARINT`].
+    cap: usize,
+}
+
+impl<'a> MessagesWriter<'a> {
+    /// Writes the frame's header and its first message, `first_id` (at `first_seq` in
+    /// `channel`'s order if ordered). Errors, with nothing written:
+    /// [`WireError::BufferTooSmall`], [`WireError::OrderedAtMostOnce`],
+    /// [`WireError::ValueTooLarge`].
+    #[inline]
+    pub fn begin(
+        w: &mut Writer<'a>,
+        guarantee: Guarantee,
+        channel: u8,
+        first_id: u64,
+        first_seq: Option<u64>,
+        payload: &[u8],
+    ) -> Result<MessagesWriter<'a>, WireError> {
+        check_varint(first_id)?;
+        let mut flags = guarantee.to_bits();
+        let mut top = first_id;
+        if let Some(seq) = first_seq {
+            check_varint(seq)?;
+            if !guarantee.is_reliable() {
+                return Err(WireError::OrderedAtMostOnce);
+            }
+            flags |= flag::ORDERED;
+            top = top.max(seq);
+        }
+        let len = len_u64(payload.len());
+        check_varint(len)?;
+        let head = Self::header_len_one(first_id, first_seq);
+        reserve(w, head + varint_len(len) + payload.len())?;
+        let mut h = w.split_off(head)?;
+        h.put_array([ty::MESSAGES, flags, channel])?;
+        h.put_varint(first_id)?;
+        if let Some(seq) = first_seq {
+            h.put_varint(seq)?;
+        }
+        let [count_byte] = h.reserve_array::<1>()?;
+        *count_byte = 1;
+        w.put_varint(len)?;
+        w.put_slice(payload)?;
+        // Ids up to first_id + cap - 1 stay varints (MAX_VARINT - top < 2^62 fits a usize on
+        // 64-bit platforms; the min keeps it exact elsewhere).
+        let ids_left = usize::try_from(MAX_VARINT - top).unwrap_or(usize::MAX);
+        Ok(MessagesWriter {
+            guarantee,
+            channel,
+            count_byte,
+            count: 1,
+            cap: MAX_MESSAGES_WRITTEN.min(ids_left.saturating_add(1)),
+        })
+    }
+
+    /// Header bytes with a one-byte count.
+    fn header_len_one(first_id: u64, first_seq: Option<u64>) -> usize {
+        3 + varint_len(first_id) + first_seq.map_or(0, varint_len) + 1
+    }
+
+    /// Adds the next message (the next id, and the next sequence number if ordered). Errors,
+    /// with nothing written: [`WireError::BufferTooSmall`] when it does not fit in `w` or the
+    /// frame is full ([`is_full`](Self::is_full)), [`WireError::ValueTooLarge`].
+    #[inline]
+    pub fn push(&mut self, w: &mut Writer<'a>, payload: &[u8]) -> Result<(), WireError> {
+        if self.is_full() {
+            return Err(WireError::BufferTooSmall);
+        }
+        let len = len_u64(payload.len());
+        check_varint(len)?;
+        reserve(w, varint_len(len) + payload.len())?;
+        w.put_varint(len)?;
+        w.put_slice(payload)?;
+        self.count += 1;
+        // At most MAX_MESSAGES_WRITTEN (63): a one-byte varint.
+        *self.count_byte = self.count as u8;
+        Ok(())
+    }
+
+    /// Number of messages written.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The frame's guarantee.
+    pub fn guarantee(&self) -> Guarantee {
+        self.guarantee
+    }
+
+    /// The frame's channel.
+    pub fn channel(&self) -> u8 {
+        self.channel
+    }
+
+    /// Always `false`: the first message is written by [`begin`](Self::begin).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether the frame holds as many messages as it may.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.count >= self.cap
     }
 }
 
@@ -1052,7 +1393,7 @@ mod tests {
         let cat = |parts: &[&[u8]]| parts.concat();
         let table: Vec<(Vec<u8>, WireError)> = vec![
             (vec![], WireError::EmptyPacket),
-            (vec![0x09], WireError::UnknownFrame(0x09)),
+            (vec![0x0a], WireError::UnknownFrame(0x0a)),
             (vec![0x01, 0xff], WireError::UnknownFrame(0xff)),
             // ACK
             (vec![2, 5], WireError::Truncated),
@@ -1105,6 +1446,25 @@ mod tests {
             (vec![8, 0, 1, 0xff], WireError::BadReason),
             (vec![8, 0, 2, 0xc3, 0x28], WireError::BadReason),
             (vec![8, 0, 2, b'a'], WireError::Truncated),
+            // MESSAGES
+            (vec![9], WireError::Truncated),
+            (vec![9, 0x11, 0, 0, 1, 0], WireError::BadFlags(0x11)),
+            (vec![9, 0x09, 0, 0, 1, 0], WireError::BadFlags(0x09)),
+            (vec![9, 3, 0, 0, 1, 0], WireError::BadGuarantee),
+            (vec![9, 4, 0, 0, 0, 1, 0], WireError::OrderedAtMostOnce),
+            (vec![9, 1, 0, 0, 0], WireError::ZeroCount),
+            (vec![9, 1, 0, 0, 2, 0], WireError::CountTooLarge),
+            (vec![9, 1, 0, 0, 2, 5, 1], WireError::Truncated),
+            (vec![9, 1, 0, 0, 1, 0x40], WireError::Truncated),
+            // The last id, or the last sequence number, would pass MAX_VARINT.
+            (
+                cat(&[&[9, 1, 0], &MAX, &[2, 0, 0]]),
+                WireError::ValueTooLarge,
+            ),
+            (
+                cat(&[&[9, 5, 0, 0], &MAX, &[2, 0, 0]]),
+                WireError::ValueTooLarge,
+            ),
             // A valid frame followed by the start of another: trailing garbage.
             (vec![1, 4, 1], WireError::Truncated),
             (vec![0, 0, 1, 8], WireError::Truncated),
@@ -1205,6 +1565,124 @@ mod tests {
         );
         assert!(Frame::Close(close).is_ack_eliciting());
         assert!(!Frame::Padding { len: 1 }.is_ack_eliciting());
+
+        // MESSAGES: exactly-once, ordered, channel 7, ids 42 and 43 at seqs 9 and 10, "ab"
+        // and "" (the second length in a two-byte form).
+        let Frame::Messages(batch) = one(&[9, 0b0110, 7, 42, 9, 2, 2, b'a', b'b', 0x40, 0]) else {
+            panic!()
+        };
+        let m = |id, chan_seq, payload| MessageFrame {
+            guarantee: Guarantee::ExactlyOnce,
+            channel: 7,
+            id,
+            chan_seq,
+            fragment: None,
+            payload,
+        };
+        assert_eq!(
+            batch.messages().collect::<Vec<_>>(),
+            [m(42, Some(9), b"ab"), m(43, Some(10), b"")]
+        );
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.messages().len(), 2);
+        assert!(!batch.is_empty());
+        assert_eq!((batch.first_id(), batch.first_seq()), (42, Some(9)));
+        assert_eq!(
+            (batch.guarantee(), batch.channel()),
+            (Guarantee::ExactlyOnce, 7)
+        );
+        assert!(Frame::Messages(batch).is_ack_eliciting());
+        let shortest = [9, 0b0110, 7, 42, 9, 2, 2, b'a', b'b', 0];
+        assert_eq!(emitted(|w| Frame::Messages(batch).emit(w)), shortest);
+        assert_eq!(Frame::Messages(batch).encoded_len(), shortest.len());
+        // Unordered at-most-once: no sequence number.
+        let Frame::Messages(batch) = one(&[9, 0, 1, 5, 1, 1, b'z']) else {
+            panic!()
+        };
+        let got: Vec<_> = batch
+            .messages()
+            .map(|m| (m.guarantee, m.id, m.chan_seq))
+            .collect();
+        assert_eq!(got, [(Guarantee::AtMostOnce, 5, None)]);
+    }
+
+    #[test]
+    fn a_messages_writer_keeps_a_valid_frame_and_refuses_what_does_not_fit() {
+        let g = Guarantee::AtLeastOnce;
+        let mut buf = [0u8; 40];
+        let mut w = Writer::new(&mut buf);
+        // Header 3 + id 1 + seq 1 + count 1, then each entry 1 + len.
+        let mut b = MessagesWriter::begin(&mut w, g, 2, 7, Some(0), b"0123456789").unwrap();
+        assert_eq!((b.len(), b.guarantee(), b.channel()), (1, g, 2));
+        assert!(!b.is_empty() && !b.is_full());
+        b.push(&mut w, b"abcdefghij").unwrap();
+        assert_eq!(w.position(), 6 + 11 + 11);
+        // 12 bytes left: an 11-byte message fits, then nothing does; a refusal writes nothing.
+        assert_eq!(
+            b.push(&mut w, b"0123456789ab"),
+            Err(WireError::BufferTooSmall)
+        );
+        assert_eq!(w.position(), 28);
+        b.push(&mut w, b"klmnopqrst").unwrap();
+        assert_eq!(b.push(&mut w, b"a"), Err(WireError::BufferTooSmall));
+        let n = w.position();
+        assert_eq!(n, 39);
+        let Frame::Messages(f) = one(&buf[..n]) else {
+            panic!()
+        };
+        let got: Vec<_> = f
+            .messages()
+            .map(|m| (m.id, m.chan_seq, m.payload))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (7, Some(0), &b"0123456789"[..]),
+                (8, Some(1), &b"abcdefghij"[..]),
+                (9, Some(2), &b"klmnopqrst"[..]),
+            ]
+        );
+
+        // A first message that does not fit writes nothing at all.
+        let mut small = [0u8; 8];
+        let mut w = Writer::new(&mut small);
+        let r = MessagesWriter::begin(&mut w, g, 0, 1, None, b"0123");
+        assert_eq!(r.err(), Some(WireError::BufferTooSmall));
+        assert_eq!(w.position(), 0);
+        let r = MessagesWriter::begin(&mut w, Guarantee::AtMostOnce, 0, 1, Some(1), b"");
+        assert_eq!(r.err(), Some(WireError::OrderedAtMostOnce));
+        let r = MessagesWriter::begin(&mut w, g, 0, MAX_VARINT + 1, None, b"");
+        assert_eq!(r.err(), Some(WireError::ValueTooLarge));
+        assert_eq!(w.position(), 0);
+
+        // Full at MAX_MESSAGES_WRITTEN, so the count stays one byte.
+        let mut big = [0u8; 1000];
+        let mut w = Writer::new(&mut big);
+        let mut b = MessagesWriter::begin(&mut w, g, 0, 0, None, b"x").unwrap();
+        while !b.is_full() {
+            b.push(&mut w, b"x").unwrap();
+        }
+        assert_eq!(b.len(), MAX_MESSAGES_WRITTEN);
+        assert_eq!(b.push(&mut w, b"x"), Err(WireError::BufferTooSmall));
+        let n = w.position();
+        let Frame::Messages(f) = one(&big[..n]) else {
+            panic!()
+        };
+        assert_eq!(f.len(), MAX_MESSAGES_WRITTEN);
+
+        // Full early when the next id (or sequence number) would pass MAX_VARINT.
+        for (id, seq) in [(MAX_VARINT - 1, None), (0, Some(MAX_VARINT - 1))] {
+            let mut w = Writer::new(&mut big);
+            let mut b = MessagesWriter::begin(&mut w, g, 0, id, seq, b"").unwrap();
+            b.push(&mut w, b"").unwrap();
+            assert!(b.is_full());
+            assert_eq!(b.push(&mut w, b""), Err(WireError::BufferTooSmall));
+            let n = w.position();
+            let Frame::Messages(f) = one(&big[..n]) else {
+                panic!()
+            };
+            assert_eq!(f.messages().last().map(|m| m.id), Some(id + 1));
+        }
     }
 
     #[test]

@@ -554,6 +554,9 @@ mod tests {
         Reject(Vec<u64>),
         AmoFloor(u64),
         Close(u64, String),
+        /// A MESSAGES frame: guarantee, channel, first id, first sequence number, payloads
+        /// (non-empty).
+        Messages(Guarantee, u8, u64, Option<u64>, Vec<Vec<u8>>),
     }
 
     fn varint() -> impl Strategy<Value = u64> {
@@ -642,6 +645,20 @@ mod tests {
             proptest::collection::vec(varint(), 1..20).prop_map(Spec::Reject),
             varint().prop_map(Spec::AmoFloor),
             (varint(), "\\PC{0,60}").prop_map(|(c, s)| Spec::Close(c, s)),
+            (
+                prop_oneof![
+                    Just(Guarantee::AtMostOnce),
+                    Just(Guarantee::AtLeastOnce),
+                    Just(Guarantee::ExactlyOnce)
+                ],
+                any::<u8>(),
+                0..=MAX_VARINT - 100,
+                proptest::option::of(0..=MAX_VARINT - 100),
+                proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 1..40),
+            )
+                .prop_map(|(g, ch, id, seq, payloads)| {
+                    Spec::Messages(g, ch, id, seq.filter(|_| g.is_reliable()), payloads)
+                }),
         ]
     }
 
@@ -660,6 +677,13 @@ mod tests {
             }
             Spec::Forward(entries) => emit_forward(&mut w, entries).unwrap(),
             Spec::Reject(ids) => emit_reject(&mut w, ids).unwrap(),
+            Spec::Messages(g, ch, id, seq, payloads) => {
+                let mut b =
+                    MessagesWriter::begin(&mut w, *g, *ch, *id, *seq, &payloads[0]).unwrap();
+                for p in &payloads[1..] {
+                    b.push(&mut w, p).unwrap();
+                }
+            }
             _ => {}
         }
         let n = w.position();
@@ -671,7 +695,11 @@ mod tests {
         match spec {
             Spec::Padding(len) => Frame::Padding { len: *len },
             Spec::Ping => Frame::Ping,
-            Spec::Ack(..) | Spec::MsgAck(..) | Spec::Forward(_) | Spec::Reject(_) => {
+            Spec::Ack(..)
+            | Spec::MsgAck(..)
+            | Spec::Forward(_)
+            | Spec::Reject(_)
+            | Spec::Messages(..) => {
                 let mut parsed = parse_all(store);
                 assert_eq!(parsed.len(), 1);
                 parsed.remove(0)

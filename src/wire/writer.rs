@@ -100,6 +100,15 @@ impl<'a> Writer<'a> {
         self.reserve(n).map(Writer::new)
     }
 
+    /// Advances past the next `N` bytes and returns them, to be filled in later, or fails
+    /// without moving.
+    #[inline]
+    pub(super) fn reserve_array<const N: usize>(&mut self) -> Result<&'a mut [u8; N], WireError> {
+        self.reserve(N)?
+            .try_into()
+            .map_err(|_| WireError::BufferTooSmall)
+    }
+
     /// Writes the `N` bytes of `bytes`, or fails without moving.
     #[inline]
     pub(super) fn put_array<const N: usize>(&mut self, bytes: [u8; N]) -> Result<(), WireError> {
