@@ -194,6 +194,16 @@ impl DedupWindow {
         self.base += 1;
     }
 
+    /// [`pass_empty_base`](Self::pass_empty_base) `n` times.
+    #[inline]
+    pub(crate) fn pass_empty_run(&mut self, n: u64) {
+        debug_assert!(self.is_empty_at(self.base));
+        let cap = self.capacity() as u64;
+        // `head < cap`, so the sum cannot overflow.
+        self.head = ((self.head as u64 + n % cap) % cap) as usize;
+        self.base += n;
+    }
+
     /// Moves the base forward past every inserted id at the front of the window (their bits
     /// are consumed); returns the new base.
     #[inline]
@@ -657,6 +667,31 @@ mod tests {
         w.pass_empty_base();
         assert_eq!(w.base(), u64::MAX);
         assert!(!w.is_empty_at(u64::MAX));
+    }
+
+    #[test]
+    fn passing_an_empty_run_is_passing_each_id() {
+        for capacity in [64, 128, 192] {
+            let mut rng = Rng::new(capacity as u64);
+            let mut run = DedupWindow::new(1000, capacity);
+            let mut each = run.clone();
+            for _ in 0..500 {
+                let n = match rng.below(4) {
+                    0 => rng.below(3 * capacity as u64),
+                    _ => rng.below(70),
+                };
+                run.pass_empty_run(n);
+                for _ in 0..n {
+                    each.pass_empty_base();
+                }
+                assert_eq!(
+                    (run.base, run.head, run.ones, &run.words),
+                    (each.base, each.head, each.ones, &each.words),
+                    "capacity {capacity}"
+                );
+                assert!(run.is_empty_at(run.base()));
+            }
+        }
     }
 
     #[test]

@@ -59,6 +59,13 @@ impl OrderedChannel {
         self.next += 1;
     }
 
+    /// [`pass_next_alone`](Self::pass_next_alone) `n` times.
+    #[inline]
+    pub fn pass_next_alone_run(&mut self, n: u64) {
+        debug_assert!(self.held.is_empty());
+        self.next += n;
+    }
+
     /// Offers position `seq`. Calls `deliver` for every message that is now in order (this one
     /// first if it is next), and holds it otherwise. Returns `false` if `seq` was already
     /// passed or is already held (nothing changed).

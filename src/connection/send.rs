@@ -386,6 +386,19 @@ impl Connection {
 
     /// Sends fragment `frag` of reliable message `id` again, unless its budget is spent.
     /// `expected` is the state it must still be in (so that a fragment is queued only once).
+    /// An acknowledged packet `pn` carried fragment `frag` of reliable message `id`: the
+    /// fragment arrived, unless it was sent again since.
+    #[inline]
+    fn fragment_received(&mut self, pn: u64, id: u64, frag: u32) {
+        if let Some(fr) = self
+            .outbox_get_mut(id)
+            .and_then(|msg| msg.frags.get_mut(frag as usize))
+            && fr.state == FragState::InFlight(pn)
+        {
+            fr.state = FragState::Received;
+        }
+    }
+
     fn requeue(&mut self, id: u64, frag: u32, only_if: impl Fn(FragState) -> bool) {
         let Some(msg) = self.outbox_get_mut(id) else {
             return;
@@ -562,13 +575,12 @@ impl Connection {
         frames.extend(self.ledger.frames_of(&pkt));
         for f in &frames {
             match *f {
-                SentFrame::Reliable { id, frag } => {
-                    if let Some(msg) = self.outbox_get_mut(id) {
-                        if let Some(fr) = msg.frags.get_mut(frag as usize) {
-                            if fr.state == FragState::InFlight(pn) {
-                                fr.state = FragState::Received;
-                            }
-                        }
+                SentFrame::Reliable { id, frag } => self.fragment_received(pn, id, frag),
+                SentFrame::ReliableRun { id, count } => {
+                    // Usually settled already (by a MSG_ACK in the same packet as this ACK):
+                    // nothing left of the run to look at.
+                    for id in id.max(self.out_base)..id + u64::from(count) {
+                        self.fragment_received(pn, id, 0);
                     }
                 }
                 SentFrame::Amo { id, frag: _ } => {
@@ -703,6 +715,11 @@ impl Connection {
             match *f {
                 SentFrame::Reliable { id, frag } => {
                     self.requeue(id, frag, |s| s == FragState::InFlight(pn));
+                }
+                SentFrame::ReliableRun { id, count } => {
+                    for id in id.max(self.out_base)..id + u64::from(count) {
+                        self.requeue(id, 0, |s| s == FragState::InFlight(pn));
+                    }
                 }
                 SentFrame::Amo { id, .. } => {
                     if lost {

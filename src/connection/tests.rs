@@ -631,6 +631,63 @@ fn receive_side(c: &Connection) -> String {
 }
 
 #[test]
+fn a_messages_run_with_room_for_part_of_it_delivers_that_part_and_is_not_acknowledged() {
+    // Room for two queued 36-byte messages (each counts its bytes plus the event's cost), not
+    // three: a run of four next in line delivers two, drops the rest, and leaves its packet
+    // unacknowledged; the same run again, once the application took the two, delivers the
+    // other two and is acknowledged. The general path does exactly the same.
+    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    let now = t0();
+    let config = Config::default()
+        .max_message_size(100)
+        .max_fragments(2)
+        .recv_buffer_bytes(2 * (36 + crate::limits::QUEUED_EVENT_COST) + 10);
+    let mut fast = conn(config.clone(), now);
+    let mut general = conn(config, now);
+    let mut raw = [0u8; 512];
+    let mut w = wire::Writer::new(&mut raw);
+    let g = Guarantee::ExactlyOnce;
+    let mut b = wire::MessagesWriter::begin(&mut w, g, 0, 0, None, &[0; 36]).unwrap();
+    for i in 1..4u8 {
+        b.push(&mut w, &[i; 36]).unwrap();
+    }
+    let n = w.position();
+    let run = wire::frames(&raw[..n]).next().unwrap().unwrap();
+    let hits = || FAST_PATH_HITS.with(std::cell::Cell::get)[3];
+    let before = hits();
+    let mut got = Vec::new();
+    for pn in [1, 2] {
+        let d = datagram(pn, &[run]);
+        fast.handle_datagram(now, &d).unwrap();
+        GENERAL_PATH_ONLY.with(|g| g.set(true));
+        general.handle_datagram(now, &d).unwrap();
+        GENERAL_PATH_ONLY.with(|g| g.set(false));
+        assert_eq!(receive_side(&fast), receive_side(&general), "packet {pn}");
+        // The first is dropped for want of room, the copy taken whole (two copies, two new).
+        assert_eq!(fast.stats.dropped_no_room, 1, "packet {pn}");
+        assert_eq!(
+            fast.rx.received.contains(u64::from(pn)),
+            pn == 2,
+            "packet {pn}"
+        );
+        loop {
+            let (a, b) = (fast.poll_event(), general.poll_event());
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+            match a {
+                Some(Event::Message(m)) => got.push((m.id.get(), m.payload[0])),
+                Some(other) => panic!("{other:?}"),
+                None => break,
+            }
+        }
+        assert_eq!(got.len(), 2 * pn as usize, "packet {pn}");
+    }
+    assert_eq!(got, [(0, 0), (1, 1), (2, 2), (3, 3)]);
+    // The run's fast path took the first two; the copy starts with two duplicates, so it is
+    // not in line and goes message by message.
+    assert_eq!(hits() - before, 2);
+}
+
+#[test]
 fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
     // A sender's datagrams, lost, held back, reordered and copied at random, go to two
     // receivers: one takes the fast paths for messages in line, the other only the general
@@ -661,15 +718,22 @@ fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
             _ => (0.15, 0.1, 0.2),
         };
         for round in 0..600 {
+            // Half the rounds send a burst of one kind (runs of consecutive ids that share a
+            // MESSAGES frame), the others mix kinds message by message.
+            let burst = rng
+                .chance(0.5)
+                .then(|| (rng.below(3), rng.below(3) as u8, rng.chance(0.6)));
             for _ in 0..rng.below(6) {
-                let g = match rng.below(3) {
+                let (kind, channel, ordered) =
+                    burst.unwrap_or_else(|| (rng.below(3), rng.below(3) as u8, rng.chance(0.6)));
+                let g = match kind {
                     0 => Guarantee::AtMostOnce,
                     1 => Guarantee::AtLeastOnce,
                     _ => Guarantee::ExactlyOnce,
                 };
                 let mut opts = SendOptions::new(g)
-                    .channel(rng.below(3) as u8)
-                    .ordered(g.is_reliable() && rng.chance(0.6));
+                    .channel(channel)
+                    .ordered(g.is_reliable() && ordered);
                 if rng.chance(0.1) {
                     opts = opts.deadline(Duration::from_millis(rng.range_inclusive(1, 30)));
                 }
@@ -799,8 +863,9 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
     // and what it never does: at-most-once ids repeated, below the window or far ahead of it,
     // with floors moving under them; reliable ids near the front, repeated, ahead, with their
     // channel positions (now and then a position out of step with the id); fragments;
-    // FORWARD entries. One receiver takes the fast paths, the other only the general path;
-    // everything observable must be the same.
+    // FORWARD entries; MESSAGES frames of runs from the front, repeated or ahead, now and then
+    // with a receive buffer too small for the whole run. One receiver takes the fast paths,
+    // the other only the general path; everything observable must be the same.
     use super::recv::GENERAL_PATH_ONLY;
 
     /// Each reliable id's channel and position, assigned in id order as a sender would.
@@ -826,15 +891,46 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
             }
             (channel, seq)
         }
+
+        /// The first id's channel and position for a MESSAGES run of `count` ids from `id`;
+        /// the later ids not yet assigned follow it in the channel when they can, as a sender
+        /// would assign them.
+        fn run(&mut self, id: u64, count: u64, rng: &mut crate::rng::Rng) -> (u8, Option<u64>) {
+            let (channel, seq) = self.get(id, rng);
+            for i in 1..count {
+                if self.of.len() as u64 != id + i {
+                    continue;
+                }
+                let next = &mut self.next[channel as usize];
+                match seq {
+                    None => self.of.push((channel, None)),
+                    Some(s) if *next == s + i => {
+                        *next += 1;
+                        self.of.push((channel, Some(s + i)));
+                    }
+                    Some(_) => {
+                        self.get(id + i, rng);
+                    }
+                }
+            }
+            (channel, seq)
+        }
     }
 
     let (mut delivered, mut resets) = (0, 0);
     for seed in 0..12u64 {
         let mut rng = crate::rng::Rng::new(100 + seed);
         let mut now = t0();
-        let config = Config::default()
+        let mut config = Config::default()
             .amo_window(64 + 13 * (seed % 4))
             .reassembly_timeout(Duration::from_millis(20));
+        if seed % 3 == 2 {
+            // Room for a few queued messages: a run can stop part way.
+            config = config
+                .max_message_size(200)
+                .max_fragments(2)
+                .recv_buffer_bytes(400);
+        }
         let mut fast = conn(config.clone(), now);
         let mut general = conn(config.clone(), now);
         let (mut amo_next, mut rel_next) = (0u64, 0u64);
@@ -843,6 +939,7 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
             next: [0; 3],
         };
         let mut pn = 0u32;
+        let mut last_run = None;
         let mut buf = vec![0u8; 2048];
         let mut buf2 = vec![0u8; 2048];
         let payload: Vec<u8> = (0..=255).collect();
@@ -851,7 +948,7 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
                 resets += 1;
                 fast = conn(config.clone(), now);
                 general = conn(config.clone(), now);
-                (amo_next, rel_next, pn) = (0, 0, 0);
+                (amo_next, rel_next, pn, last_run) = (0, 0, 0, None);
                 meta = Meta {
                     of: Vec::new(),
                     next: [0; 3],
@@ -875,9 +972,53 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
                 }
                 w.position()
             });
+            let mut batch_raw = [0u8; 512];
+            let batch_len = rng.chance(0.4).then(|| {
+                // MESSAGES: a run of 2 to 6 ids from the front or ahead of it, with the first
+                // id's guarantee, channel and position (the frame implies the rest), or the
+                // last run again (a copy).
+                let (id, count, guarantee, channel, seq) = match (rng.below(8), last_run) {
+                    (0, _) => {
+                        let count = rng.range_inclusive(2, 6);
+                        amo_next += count;
+                        let channel = rng.below(3) as u8;
+                        (
+                            amo_next - count,
+                            count,
+                            Guarantee::AtMostOnce,
+                            channel,
+                            None,
+                        )
+                    }
+                    (1, Some(run)) => run,
+                    (k, _) => {
+                        // Past every id given a channel position yet, as a sender's new
+                        // messages are.
+                        let front = rel_next.max(meta.of.len() as u64);
+                        let id = if k == 2 { front + rng.below(6) } else { front };
+                        let count = rng.range_inclusive(2, 6);
+                        rel_next = id + count;
+                        let (channel, seq) = meta.run(id, count, &mut rng);
+                        (id, count, Guarantee::ExactlyOnce, channel, seq)
+                    }
+                };
+                last_run = Some((id, count, guarantee, channel, seq));
+                let mut w = wire::Writer::new(&mut batch_raw);
+                let body = |i: u64| &payload[..(i * 7 % 40) as usize];
+                let mut b =
+                    wire::MessagesWriter::begin(&mut w, guarantee, channel, id, seq, body(id))
+                        .unwrap();
+                for i in id + 1..id + count {
+                    b.push(&mut w, body(i)).unwrap();
+                }
+                w.position()
+            });
             let mut frames: Vec<Frame<'_>> = Vec::new();
             if let Some(n) = forward_len {
                 frames.push(wire::frames(&forward_raw[..n]).next().unwrap().unwrap());
+            }
+            if let Some(n) = batch_len {
+                frames.push(wire::frames(&batch_raw[..n]).next().unwrap().unwrap());
             }
             for _ in 0..rng.range_inclusive(1, 3) {
                 let fragment = rng.chance(0.1).then(|| wire::Fragment {

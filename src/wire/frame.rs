@@ -531,18 +531,22 @@ impl<'a> MessagesFrame<'a> {
         if first_id + last > MAX_VARINT || first_seq.is_some_and(|s| s + last > MAX_VARINT) {
             return Err(WireError::ValueTooLarge);
         }
+        // Walked on a copy of the reader, which stays in registers.
         let start = r.clone();
+        let mut c = r.clone();
         for _ in 0..count {
-            let len = r.varint()?;
-            r.take(usize::try_from(len).map_err(|_| WireError::Truncated)?)?;
+            let len = c.varint()?;
+            c.take(usize::try_from(len).map_err(|_| WireError::Truncated)?)?;
         }
+        let raw = consumed(start, &c)?;
+        *r = c;
         Ok(MessagesFrame {
             guarantee,
             channel,
             first_id,
             first_seq,
             count,
-            raw: consumed(start, r)?,
+            raw,
         })
     }
 
@@ -606,11 +610,16 @@ pub struct MessagesIter<'a> {
     r: Reader<'a>,
 }
 
-impl<'a> Iterator for MessagesIter<'a> {
-    type Item = MessageFrame<'a>;
+impl<'a> MessagesIter<'a> {
+    /// The id of the next message (one past the last, at the end).
+    pub fn next_id(&self) -> u64 {
+        self.id
+    }
 
-    #[inline]
-    fn next(&mut self) -> Option<MessageFrame<'a>> {
+    /// The next message's payload only (its id was [`next_id`](Self::next_id)): what
+    /// [`next`](Iterator::next) gives, without building the frame.
+    #[inline(always)]
+    pub fn next_payload(&mut self) -> Option<&'a [u8]> {
         if self.left == 0 {
             return None;
         }
@@ -624,17 +633,27 @@ impl<'a> Iterator for MessagesIter<'a> {
             self.left = 0; // unreachable: the frame was validated
             return None;
         };
-        let m = MessageFrame {
-            guarantee: self.guarantee,
-            channel: self.channel,
-            id: self.id,
-            chan_seq: self.seq,
-            fragment: None,
-            payload,
-        };
         self.id += 1;
         self.seq = self.seq.map(|s| s + 1);
-        Some(m)
+        Some(payload)
+    }
+}
+
+impl<'a> Iterator for MessagesIter<'a> {
+    type Item = MessageFrame<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<MessageFrame<'a>> {
+        let (id, chan_seq) = (self.id, self.seq);
+        let payload = self.next_payload()?;
+        Some(MessageFrame {
+            guarantee: self.guarantee,
+            channel: self.channel,
+            id,
+            chan_seq,
+            fragment: None,
+            payload,
+        })
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
