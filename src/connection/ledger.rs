@@ -25,8 +25,7 @@ pub(super) enum SentFrame {
     /// Fragment `frag` (0 for a whole message) of reliable message `id`.
     Reliable { id: u64, frag: u32 },
     /// Fragment 0 of each reliable message `id..id + count` (at least 2): what `count`
-    /// `Reliable` frames would say, recorded when consecutive ids go in one packet (a
-    /// MESSAGES frame).
+    /// `Reliable` frames would say, for the whole messages of a MESSAGES frame.
     ReliableRun { id: u64, count: u32 },
     /// Fragment `frag` of at-most-once message `id`.
     Amo { id: u64, frag: u32 },
@@ -97,36 +96,6 @@ impl Ledger {
     pub fn push_frame(&mut self, frame: SentFrame) {
         self.frames.push_back(frame);
         self.open_frames += 1;
-    }
-
-    /// Records fragment 0 of reliable message `id` in the packet being built, right after
-    /// fragment 0 of `id - 1` (recorded alone or as the end of a run): the two become, or
-    /// the run grows into, one [`SentFrame::ReliableRun`].
-    #[inline]
-    pub fn extend_run(&mut self, id: u64) {
-        match self.frames.back_mut() {
-            Some(SentFrame::ReliableRun { id: first, count }) if self.open_frames > 0 => {
-                debug_assert_eq!(*first + u64::from(*count), id);
-                *count += 1;
-            }
-            Some(last @ SentFrame::Reliable { frag: 0, .. }) if self.open_frames > 0 => {
-                debug_assert_eq!(
-                    *last,
-                    SentFrame::Reliable {
-                        id: id - 1,
-                        frag: 0
-                    }
-                );
-                *last = SentFrame::ReliableRun {
-                    id: id - 1,
-                    count: 2,
-                };
-            }
-            _ => {
-                debug_assert!(false, "no fragment 0 of {} before {id}", id.wrapping_sub(1));
-                self.push_frame(SentFrame::Reliable { id, frag: 0 });
-            }
-        }
     }
 
     /// Uses up one packet number without sending anything (see `Connection::skip_pn`).
@@ -321,40 +290,6 @@ mod tests {
         assert_eq!(l.bytes_in_flight, 0);
         assert_eq!(l.next_pn(), 12);
         assert!(l.get(10).is_none());
-    }
-
-    #[test]
-    fn consecutive_whole_messages_of_one_packet_are_recorded_as_a_run() {
-        let now = t0();
-        let mut l = Ledger::new(0);
-        let rel = |id, frag| SentFrame::Reliable { id, frag };
-        // A run 5..8, then 8 fragment 1, a run 9..11, an AMO, 11 alone.
-        l.push_frame(rel(5, 0));
-        l.extend_run(6);
-        l.extend_run(7);
-        l.push_frame(rel(8, 1));
-        l.push_frame(rel(9, 0));
-        l.extend_run(10);
-        l.push_frame(SentFrame::Amo { id: 11, frag: 0 });
-        l.push_frame(rel(11, 0));
-        l.finish_packet(now, 100, true, 0, 0, 0);
-        l.push_frame(rel(12, 0));
-        l.finish_packet(now, 100, true, 0, 0, 0);
-        let frames = |pn| {
-            let p = *l.get(pn).unwrap();
-            l.frames_of(&p).collect::<Vec<_>>()
-        };
-        assert_eq!(
-            frames(0),
-            [
-                SentFrame::ReliableRun { id: 5, count: 3 },
-                rel(8, 1),
-                SentFrame::ReliableRun { id: 9, count: 2 },
-                SentFrame::Amo { id: 11, frag: 0 },
-                rel(11, 0),
-            ]
-        );
-        assert_eq!(frames(1), [rel(12, 0)]);
     }
 
     #[test]

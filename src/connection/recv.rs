@@ -613,10 +613,12 @@ impl Connection {
     ) {
         let (channel, guarantee) = (b.channel(), b.guarantee());
         let start = rest.next_id();
+        // Walked on a copy, which can stay in registers; `rest` catches up at the end.
+        let mut it = rest.clone();
         loop {
-            let before = rest.clone();
-            let id = rest.next_id();
-            let Some(payload) = rest.next_payload() else {
+            let id = it.next_id();
+            let Some(payload) = it.next_payload() else {
+                *rest = it;
                 break;
             };
             let len = payload.len();
@@ -624,13 +626,20 @@ impl Connection {
                 .limits
                 .admit_recv_bytes(self.rx.buffered_bytes(), len + QUEUED_EVENT_COST)
             {
-                *rest = before;
+                // Rare: `rest` skips the messages taken, and keeps this one.
+                if let Some(taken) = usize::try_from(id - start)
+                    .ok()
+                    .and_then(|n| n.checked_sub(1))
+                {
+                    rest.nth(taken);
+                }
                 break;
             }
             let mut buf = self.take_buffer(len);
             buf.extend_from_slice(payload);
             count_fast_path(3 + usize::from(ORDERED));
-            self.hand_over(id, channel, guarantee, ORDERED, buf, false);
+            // Acknowledge-on-receipt (the run is in line): no token.
+            self.queue_message(id, channel, guarantee, ORDERED, buf, None);
         }
         let end = rest.next_id();
         if end == start {
@@ -775,6 +784,23 @@ impl Connection {
             }),
             _ => None,
         };
+        self.queue_message(id, channel, guarantee, ordered, payload, token);
+        if completes && !after_processing {
+            self.mark_complete(id);
+        }
+    }
+
+    /// The `Message` event of [`hand_over`](Self::hand_over), queued with `token`.
+    #[inline(always)]
+    fn queue_message(
+        &mut self,
+        id: u64,
+        channel: u8,
+        guarantee: Guarantee,
+        ordered: bool,
+        payload: Vec<u8>,
+        token: Option<AckToken>,
+    ) {
         log::trace!("conn {}: deliver {guarantee} id {id}", self.local_cid);
         self.stats.messages_received += 1;
         self.rx.queued_bytes += payload.len() + QUEUED_EVENT_COST;
@@ -786,9 +812,6 @@ impl Connection {
             payload,
             token,
         }));
-        if completes && !after_processing {
-            self.mark_complete(id);
-        }
     }
 
     /// Reliable message `id` is complete: it moves the cumulative point and is reported.

@@ -685,6 +685,38 @@ fn a_messages_run_with_room_for_part_of_it_delivers_that_part_and_is_not_acknowl
     // The run's fast path took the first two; the copy starts with two duplicates, so it is
     // not in line and goes message by message.
     assert_eq!(hits() - before, 2);
+
+    // With the room taken by two messages the application has not taken yet, a run in line
+    // finds no room for its first message: nothing of it is taken.
+    let mut w = wire::Writer::new(&mut raw);
+    let mut b = wire::MessagesWriter::begin(&mut w, g, 0, 6, None, &[6; 36]).unwrap();
+    b.push(&mut w, &[7; 36]).unwrap();
+    let n = w.position();
+    let single = |id: u64, payload| {
+        Frame::Message(MessageFrame {
+            guarantee: g,
+            channel: 0,
+            id,
+            chan_seq: None,
+            fragment: None,
+            payload,
+        })
+    };
+    let frames = [single(4, &[4; 36]), single(5, &[5; 36])];
+    for (pn, frames) in [
+        (3, &frames[..]),
+        (4, &[wire::frames(&raw[..n]).next().unwrap().unwrap()][..]),
+    ] {
+        let d = datagram(pn, frames);
+        fast.handle_datagram(now, &d).unwrap();
+        GENERAL_PATH_ONLY.with(|g| g.set(true));
+        general.handle_datagram(now, &d).unwrap();
+        GENERAL_PATH_ONLY.with(|g| g.set(false));
+        assert_eq!(receive_side(&fast), receive_side(&general), "packet {pn}");
+    }
+    assert_eq!(fast.stats.dropped_no_room, 2);
+    assert_eq!(fast.rx.done.base(), 6);
+    assert_eq!(hits() - before, 2);
 }
 
 #[test]

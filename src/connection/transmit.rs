@@ -394,77 +394,76 @@ impl Connection {
             return false;
         }
         let mut wrote = false;
-        // The MESSAGES frame being filled, and the channel sequence number (if ordered) the
-        // next message must have to join it.
-        let mut batch: Option<(MessagesWriter<'a>, Option<u64>)> = None;
+        // The MESSAGES frame being filled; recorded in the ledger when it ends.
+        let mut batch: Option<Batch<'a>> = None;
         let mut slots = self.outbox.range_mut(start..).peekable();
-        while let Some(slot) = slots.next() {
-            if let Some(msg) = slot {
-                if frag == 0 && msg.count <= 1 {
-                    // A whole message: into the open MESSAGES frame if it belongs there, or a
-                    // new one if the next message would join it too, else a MESSAGE frame.
-                    if id >= self.peer_limit {
-                        self.cursor = (id, 0);
-                        return wrote;
+        'slots: while let Some(slot) = slots.next() {
+            let Some(msg) = slot else {
+                // A message with an outcome leaves a gap in the ids.
+                end_batch(&mut batch, &mut self.ledger);
+                id += 1;
+                continue;
+            };
+            if frag == 0 && msg.count <= 1 {
+                // A whole message: into the open MESSAGES frame if it belongs there, or a new
+                // one if the next message would join it too, else a MESSAGE frame.
+                if id >= self.peer_limit {
+                    break;
+                }
+                if let Some(b) = &mut batch
+                    && b.takes(msg)
+                {
+                    if b.writer.push(w, &msg.payload).is_err() {
+                        break;
                     }
-                    if let Some((b, next_seq)) = &mut batch
-                        && joins(b, *next_seq, msg)
-                    {
-                        if b.push(w, &msg.payload).is_err() {
-                            self.cursor = (id, 0);
-                            return wrote;
-                        }
-                        *next_seq = next_seq.map(|s| s + 1);
-                        set_in_flight(msg, pn, 0);
-                        self.ledger.extend_run(id);
-                        wrote = true;
-                        id += 1;
-                        continue;
-                    }
-                    let pairs = id + 1 < self.peer_limit
-                        && matches!(slots.peek(), Some(Some(next)) if pairs_with(msg, next));
-                    let (g, ch, seq) = (msg.guarantee, msg.channel, msg.chan_seq);
-                    batch = if pairs {
-                        MessagesWriter::begin(w, g, ch, id, seq, &msg.payload)
-                            .ok()
-                            .map(|b| (b, seq.map(|s| s + 1)))
-                    } else {
-                        None
-                    };
-                    // Alone, or with no room for the MESSAGES frame's count byte: a MESSAGE
-                    // frame.
-                    if batch.is_none()
-                        && wire::emit_whole_message(g, ch, id, seq, &msg.payload, w).is_err()
-                    {
-                        self.cursor = (id, 0);
-                        return wrote;
-                    }
-                    mark_in_flight(msg, &mut self.ledger, pn, id, 0);
+                    b.next_seq = b.next_seq.map(|s| s + 1);
+                    set_in_flight(msg, pn, 0);
                     wrote = true;
                     id += 1;
                     continue;
                 }
-                batch = None;
-                while frag < msg.count {
-                    if id >= self.peer_limit {
-                        self.cursor = (id, frag);
-                        return wrote;
-                    }
-                    if !write_out_fragment(msg, &mut self.ledger, pn, id, frag, w) {
-                        self.cursor = (id, frag);
-                        return wrote;
-                    }
-                    wrote = true;
-                    frag += 1;
+                end_batch(&mut batch, &mut self.ledger);
+                let pairs = id + 1 < self.peer_limit
+                    && matches!(slots.peek(), Some(Some(next)) if pairs_with(msg, next));
+                let (g, ch, seq) = (msg.guarantee, msg.channel, msg.chan_seq);
+                if pairs {
+                    batch = MessagesWriter::begin(w, g, ch, id, seq, &msg.payload)
+                        .ok()
+                        .map(|writer| Batch {
+                            writer,
+                            first_id: id,
+                            next_seq: seq.map(|s| s + 1),
+                        });
                 }
-            } else {
-                // A message with an outcome leaves a gap in the ids.
-                batch = None;
+                if batch.is_some() {
+                    set_in_flight(msg, pn, 0);
+                } else {
+                    // Alone, or with no room for the MESSAGES frame's count byte: a MESSAGE
+                    // frame.
+                    if wire::emit_whole_message(g, ch, id, seq, &msg.payload, w).is_err() {
+                        break;
+                    }
+                    mark_in_flight(msg, &mut self.ledger, pn, id, 0);
+                }
+                wrote = true;
+                id += 1;
+                continue;
+            }
+            end_batch(&mut batch, &mut self.ledger);
+            while frag < msg.count {
+                if id >= self.peer_limit
+                    || !write_out_fragment(msg, &mut self.ledger, pn, id, frag, w)
+                {
+                    break 'slots;
+                }
+                wrote = true;
+                frag += 1;
             }
             id += 1;
             frag = 0;
         }
-        self.cursor = (id, 0);
+        end_batch(&mut batch, &mut self.ledger);
+        self.cursor = (id, frag);
         wrote
     }
 
@@ -601,14 +600,37 @@ fn pairs_with(msg: &OutMsg, next: &OutMsg) -> bool {
         && next.chan_seq == msg.chan_seq.map(|s| s + 1)
 }
 
-/// Whether whole message `msg` may join the MESSAGES frame `b`, whose next message must be at
-/// `next_seq` in its channel if ordered.
+/// A MESSAGES frame being written by `write_new_reliable`.
+struct Batch<'a> {
+    writer: MessagesWriter<'a>,
+    first_id: u64,
+    /// The channel sequence number the next message must have, if ordered.
+    next_seq: Option<u64>,
+}
+
+impl Batch<'_> {
+    /// Whether whole message `msg` (with the next id) may join the frame.
+    #[inline(always)]
+    fn takes(&self, msg: &OutMsg) -> bool {
+        !self.writer.is_full()
+            && msg.guarantee == self.writer.guarantee()
+            && msg.channel == self.writer.channel()
+            && msg.chan_seq == self.next_seq
+    }
+}
+
+/// Records the messages of the MESSAGES frame being written, if any, in the packet's ledger
+/// entry (one entry for the run), and ends it.
 #[inline(always)]
-fn joins(b: &MessagesWriter<'_>, next_seq: Option<u64>, msg: &OutMsg) -> bool {
-    !b.is_full()
-        && msg.guarantee == b.guarantee()
-        && msg.channel == b.channel()
-        && msg.chan_seq == next_seq
+fn end_batch(batch: &mut Option<Batch<'_>>, ledger: &mut Ledger) {
+    if let Some(b) = batch.take() {
+        let (id, count) = (b.first_id, b.writer.len() as u32);
+        ledger.push_frame(if count == 1 {
+            SentFrame::Reliable { id, frag: 0 }
+        } else {
+            SentFrame::ReliableRun { id, count }
+        });
+    }
 }
 
 /// The MESSAGE frame for fragment `frag` of a message cut into `count` fragments.

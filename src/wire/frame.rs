@@ -502,8 +502,9 @@ impl<'a> MessagesFrame<'a> {
         MessagesIter {
             guarantee: self.guarantee,
             channel: self.channel,
-            id: self.first_id,
+            first_id: self.first_id,
             seq: self.first_seq,
+            id: self.first_id,
             left: self.count,
             r: Reader::new(self.raw),
         }
@@ -604,8 +605,10 @@ impl fmt::Debug for MessagesFrame<'_> {
 pub struct MessagesIter<'a> {
     guarantee: Guarantee,
     channel: u8,
-    id: u64,
+    first_id: u64,
+    /// The first message's sequence number, if ordered.
     seq: Option<u64>,
+    id: u64,
     left: usize,
     r: Reader<'a>,
 }
@@ -634,7 +637,6 @@ impl<'a> MessagesIter<'a> {
             return None;
         };
         self.id += 1;
-        self.seq = self.seq.map(|s| s + 1);
         Some(payload)
     }
 }
@@ -644,7 +646,9 @@ impl<'a> Iterator for MessagesIter<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<MessageFrame<'a>> {
-        let (id, chan_seq) = (self.id, self.seq);
+        let id = self.id;
+        // The sequence number advances with the id.
+        let chan_seq = self.seq.map(|s| s + (id - self.first_id));
         let payload = self.next_payload()?;
         Some(MessageFrame {
             guarantee: self.guarantee,
