@@ -77,6 +77,13 @@ pub struct Config {
     pub recv_buffer_bytes: usize,
     /// Partial messages under reassembly at once. Default 64.
     pub max_partial_messages: usize,
+    /// Emptied payload buffers a connection keeps for reuse (those `recycle` gives back and
+    /// those of confirmed messages), in bytes: their capacities plus
+    /// [`POOLED_BUFFER_COST`](crate::connection::POOLED_BUFFER_COST) each. Past it, a buffer
+    /// is freed. A pool that covers the messages in flight at once (sent and not yet
+    /// confirmed, received and not yet recycled) makes steady traffic allocate nothing. The
+    /// pool is empty until used. Default 1 MiB; 0 keeps no buffer.
+    pub pool_bytes: usize,
     /// Most ranges in one ACK frame this end sends (the highest ones; a peer accepts at most
     /// [`MAX_ACK_RANGES`](crate::wire::MAX_ACK_RANGES)). Default 64, range 1..=64.
     pub max_ack_ranges: usize,
@@ -146,6 +153,7 @@ impl Default for Config {
             send_buffer_bytes: 8 << 20,
             recv_buffer_bytes: 8 << 20,
             max_partial_messages: 64,
+            pool_bytes: 1 << 20,
             max_ack_ranges: crate::limits::MAX_ACK_RANGES,
             max_msg_ack_ranges: crate::limits::MAX_MSG_ACK_RANGES,
             ack_ranges_tracked: crate::limits::RECEIVED_PN_RANGES,
@@ -203,6 +211,8 @@ impl Config {
         recv_buffer_bytes: usize;
         /// Sets [`Config::max_partial_messages`].
         max_partial_messages: usize;
+        /// Sets [`Config::pool_bytes`].
+        pool_bytes: usize;
         /// Sets [`Config::max_ack_ranges`].
         max_ack_ranges: usize;
         /// Sets [`Config::max_msg_ack_ranges`].

@@ -40,8 +40,9 @@ pub(crate) const ACKED_PN_RANGES: usize = 1024;
 pub(crate) const MSG_ACKED_RANGES: usize = 256;
 /// Skipped packet numbers remembered for optimistic-ACK detection.
 pub(crate) const SKIPPED_PNS_KEPT: usize = 16;
-/// Emptied payload buffers kept for reuse.
-pub(crate) const POOLED_BUFFERS: usize = 256;
+/// What one pooled buffer counts against `pool_bytes` besides its capacity: its `Vec` in the
+/// pool and the allocator's overhead, so that many tiny buffers stay bounded too.
+pub const POOLED_BUFFER_COST: usize = 32;
 /// What one entry held back in an ordered channel (a message or a skip) counts against
 /// `recv_buffer_bytes` besides its payload, so that a peer cannot make the receiver hold
 /// unbounded bookkeeping with skips or empty messages.
@@ -100,10 +101,20 @@ pub(crate) const fn admit_skipped_pn(kept: usize) -> bool {
     kept < SKIPPED_PNS_KEPT
 }
 
-/// Whether one more emptied buffer may be kept for reuse.
+/// The room the pool has left (of `pool_bytes`) after keeping one more emptied buffer of
+/// `capacity` bytes, or `None` if it has no room for it (or it is empty: not worth keeping).
 #[inline]
-pub(crate) const fn admit_pooled(pooled: usize) -> bool {
-    pooled < POOLED_BUFFERS
+pub(crate) const fn pool_room_after(room: usize, capacity: usize) -> Option<usize> {
+    if capacity == 0 {
+        return None;
+    }
+    room.checked_sub(pooled_cost(capacity))
+}
+
+/// What a pooled buffer of `capacity` bytes counts against `pool_bytes`.
+#[inline]
+pub(crate) const fn pooled_cost(capacity: usize) -> usize {
+    capacity.saturating_add(POOLED_BUFFER_COST)
 }
 
 /// The configurable caps of one connection, copied from its [`Config`].
@@ -342,7 +353,19 @@ mod tests {
         assert!(reason_len_ok(254) && reason_len_ok(255) && !reason_len_ok(256));
         assert!(cookie_len_ok(63) && cookie_len_ok(64) && !cookie_len_ok(65));
         assert!(admit_skipped_pn(15) && !admit_skipped_pn(16) && !admit_skipped_pn(17));
-        assert!(admit_pooled(255) && !admit_pooled(256) && !admit_pooled(257));
+        let one = pooled_cost(100);
+        assert_eq!(one, 100 + POOLED_BUFFER_COST);
+        assert_eq!(pool_room_after(one, 100), Some(0));
+        assert_eq!(pool_room_after(one - 1, 100), None);
+        assert_eq!(pool_room_after(2 * one + 5, 100), Some(one + 5));
+        assert_eq!(
+            pool_room_after(1 << 20, 0),
+            None,
+            "an empty buffer is not worth keeping"
+        );
+        assert_eq!(pool_room_after(0, 1), None, "0 keeps nothing");
+        assert_eq!(pooled_cost(usize::MAX), usize::MAX);
+        assert_eq!(pool_room_after(usize::MAX, usize::MAX), Some(0));
     }
 
     #[test]
@@ -398,7 +421,7 @@ mod tests {
             ("ACKED_PN_RANGES", ACKED_PN_RANGES as u64),
             ("MSG_ACKED_RANGES", MSG_ACKED_RANGES as u64),
             ("SKIPPED_PNS_KEPT", SKIPPED_PNS_KEPT as u64),
-            ("POOLED_BUFFERS", POOLED_BUFFERS as u64),
+            ("POOLED_BUFFER_COST", POOLED_BUFFER_COST as u64),
             ("HELD_ENTRY_COST", HELD_ENTRY_COST as u64),
             ("QUEUED_EVENT_COST", QUEUED_EVENT_COST as u64),
             (

@@ -135,6 +135,19 @@ fn no_allocation_per_message_in_steady_state() {
 }
 
 #[test]
+fn no_allocation_per_message_in_bursts_of_thousands() {
+    // 2,000 messages in flight at once: the default pool (1 MiB) keeps a buffer for each, so
+    // a burst reuses the buffers of the one before.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    track();
+    let n = allocations(SendOptions::new(Guarantee::ExactlyOnce), 64, 2_000, 30, 6);
+    assert_eq!(
+        n, 0,
+        "{n} allocations for 12,000 messages in bursts of 2,000"
+    );
+}
+
+#[test]
 fn no_allocation_per_message_on_an_ordered_channel() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     track();

@@ -34,6 +34,7 @@ use crate::config::{AckMode, Config, ConfigError};
 use crate::congestion::Controller;
 use crate::error::{DatagramError, SendError, TokenError};
 use crate::event::{AckToken, CloseReason, Event, TokenSink, UndeliverableReason};
+pub use crate::limits::POOLED_BUFFER_COST;
 use crate::limits::{self, ConnectionLimits};
 use crate::message::SendOptions;
 use crate::rangeset::RangeSet;
@@ -206,6 +207,8 @@ pub struct Connection {
     pending_bytes: usize,
     /// Emptied payload buffers, reused for later messages.
     pool: Vec<Vec<u8>>,
+    /// What `pool_bytes` leaves for more buffers in the pool.
+    pool_room: usize,
 
     // ---- receiving ----
     rx: RecvState,
@@ -307,6 +310,7 @@ impl Connection {
             pending_messages: 0,
             pending_bytes: 0,
             pool: Vec::new(),
+            pool_room: config.pool_bytes,
             rx: RecvState::new(&config),
             token_sink,
             dropped_tokens: Vec::new(),
@@ -547,10 +551,15 @@ impl Connection {
 
     /// Gives back a payload buffer (from a received message or an Undeliverable event) for
     /// reuse, so that steady-state operation allocates nothing.
+    ///
+    /// The pool keeps at most [`Config::pool_bytes`](crate::Config::pool_bytes); a buffer
+    /// past that is freed.
     #[inline]
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if limits::admit_pooled(self.pool.len()) && buf.capacity() > 0 {
+        let capacity = buf.capacity();
+        if let Some(room) = limits::pool_room_after(self.pool_room, capacity) {
             buf.clear();
+            self.pool_room = room;
             self.pool.push(buf);
         }
     }
@@ -563,6 +572,8 @@ impl Connection {
     fn take_buffer(&mut self, len: usize) -> Vec<u8> {
         match self.pool.pop() {
             Some(mut b) => {
+                self.pool_room += limits::pooled_cost(b.capacity());
+                // Empty already; said again so that the caller's writes start at 0.
                 b.clear();
                 b
             }

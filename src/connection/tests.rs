@@ -389,6 +389,59 @@ fn ping_pong_costs_one_packet_per_message_each_way() {
 }
 
 #[test]
+fn the_buffer_pool_keeps_at_most_pool_bytes() {
+    // 40 messages of 20,000 bytes each way through a pair; every buffer comes back (the
+    // sender's on Delivered, the receiver's by `recycle`), and each pool keeps what its
+    // `pool_bytes` allows, no more.
+    use crate::connection::POOLED_BUFFER_COST;
+    const SIZE: usize = 20_000;
+    for limit in [0, 3 * (SIZE + POOLED_BUFFER_COST) + 10, 1 << 20] {
+        let mut now = t0();
+        let config = Arc::new(Config::default().pool_bytes(limit));
+        let mut a = Connection::new(config.clone(), 1, 2, now).unwrap();
+        let mut b = Connection::new(config, 2, 1, now).unwrap();
+        for _ in 0..40 {
+            a.send(now, &[1; SIZE], Guarantee::ExactlyOnce).unwrap();
+        }
+        let mut buf = [0u8; 1500];
+        let mut delivered = 0;
+        for _ in 0..200 {
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                b.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            while let Some(ev) = b.poll_event() {
+                if let Event::Message(m) = ev {
+                    b.recycle(m.payload);
+                }
+            }
+            while let Some(ev) = a.poll_event() {
+                delivered += usize::from(matches!(ev, Event::Delivered { .. }));
+            }
+            now += Duration::from_millis(1);
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+        }
+        assert_eq!(delivered, 40, "limit {limit}");
+        for c in [&a, &b] {
+            let held: usize = c
+                .pool
+                .iter()
+                .map(|p| p.capacity() + POOLED_BUFFER_COST)
+                .sum();
+            assert!(held <= limit, "limit {limit}: {held} bytes pooled");
+            assert_eq!(c.pool_room, limit - held, "limit {limit}");
+            assert!(c.pool.iter().all(|p| p.is_empty()));
+            // As many as fit: each buffer holds one 20,000-byte message.
+            let fit = limit / (SIZE + POOLED_BUFFER_COST);
+            assert_eq!(c.pool.len(), fit.min(40), "limit {limit}");
+        }
+    }
+}
+
+#[test]
 fn an_application_limited_sender_does_not_grow_its_window() {
     // One small message per round trip never fills the window, so the window stays where it
     // started instead of growing into a promise the path never kept (RFC 9002 section 7.8).
