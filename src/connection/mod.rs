@@ -540,6 +540,15 @@ impl Connection {
         Some(ev)
     }
 
+    /// Whether the next event [`poll_event`](Self::poll_event) returns is there and is not
+    /// [`Event::Closed`].
+    #[inline]
+    pub(crate) fn has_event_other_than_closed(&self) -> bool {
+        self.events
+            .front()
+            .is_some_and(|e| !matches!(e, Event::Closed { .. }))
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) must be called next; `None` when the
     /// connection is closed.
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -550,7 +550,34 @@ impl Endpoint {
     /// The next event: endpoint events first, then the events of connections, one connection
     /// at a time. Frees the slot of a closed connection once its events are all taken (and
     /// reports [`EndpointEvent::ConnectionClosed`]).
+    #[inline]
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
+        // The common case, inlined into the caller: no endpoint event, and a message or
+        // outcome of the first connection on the event list. (Settling the deadlines of
+        // connections the application touched only moves timers; the slow path does it.)
+        if self.events.is_empty() {
+            if let Some(&idx) = self.ev.front() {
+                if let Some(slot) = self.slots.get_mut(idx as usize) {
+                    let generation = slot.generation;
+                    if let Some(Entry::Open(o)) = &mut slot.entry {
+                        if o.conn.has_event_other_than_closed() {
+                            let event = o.conn.poll_event()?;
+                            let handle = ConnectionHandle {
+                                index: idx,
+                                generation,
+                            };
+                            return Some(EndpointEvent::Connection { handle, event });
+                        }
+                    }
+                }
+            }
+        }
+        self.poll_event_slow()
+    }
+
+    /// [`poll_event`](Self::poll_event) in every case.
+    #[inline(never)]
+    fn poll_event_slow(&mut self) -> Option<EndpointEvent> {
         self.settle_touched();
         if let Some(event) = self.events.pop_front() {
             if matches!(event, EndpointEvent::Refused { .. }) {

@@ -186,6 +186,7 @@ impl Driver {
     }
 
     /// The next event, if any.
+    #[inline]
     pub fn poll_event(&mut self) -> Option<EndpointEvent> {
         self.endpoint.poll_event()
     }
