@@ -22,6 +22,7 @@ mod channel;
 mod ledger;
 mod reassembly;
 mod recv;
+mod ring;
 mod send;
 mod transmit;
 
@@ -175,7 +176,7 @@ pub struct Connection {
     /// Lowest reliable id without an outcome.
     out_base: u64,
     /// Reliable messages from `out_base`, `None` once they have an outcome.
-    outbox: VecDeque<Option<OutMsg>>,
+    outbox: ring::Ring<OutMsg>,
     /// Next never-sent fragment (id, fragment index).
     cursor: (u64, u32),
     /// Fragments to send again, oldest first. Stale entries are skipped when popped.
@@ -292,7 +293,7 @@ impl Connection {
             last_sent: now,
             last_received: now,
             out_base: first_id,
-            outbox: VecDeque::new(),
+            outbox: ring::Ring::new(),
             cursor: (first_id, 0),
             retx: VecDeque::new(),
             peer_limit: first_id + crate::config::MIN_WINDOW,

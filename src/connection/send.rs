@@ -221,7 +221,7 @@ impl Connection {
                 *s - 1
             });
             let frags = Frags::new(count);
-            self.outbox.push_back(Some(OutMsg {
+            self.outbox.push_back(OutMsg {
                 payload: buf,
                 guarantee: opts.guarantee,
                 channel: opts.channel,
@@ -232,7 +232,7 @@ impl Connection {
                     .unwrap_or(self.config.default_max_retransmits),
                 count,
                 frags,
-            }));
+            });
             id
         } else {
             let id = self.amo_base + self.amo_out.len() as u64;

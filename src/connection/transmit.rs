@@ -187,16 +187,24 @@ impl Connection {
 
     /// The next never-sent reliable fragment within the peer's credit.
     fn next_reliable(&mut self) -> Option<(u64, u32)> {
-        next_unsent(&mut self.cursor, self.out_base, &self.outbox, |m| m.count)
-            .filter(|&(id, _)| id < self.peer_limit)
+        next_unsent(
+            &mut self.cursor,
+            self.out_base,
+            |i| self.outbox.get(i),
+            |m| m.count,
+        )
+        .filter(|&(id, _)| id < self.peer_limit)
     }
 
     /// The next never-sent at-most-once fragment within the dedup window.
     fn next_amo(&mut self) -> Option<(u64, u32)> {
         let end = self.amo_base + self.config.amo_window;
-        next_unsent(&mut self.amo_cursor, self.amo_base, &self.amo_out, |m| {
-            m.count
-        })
+        next_unsent(
+            &mut self.amo_cursor,
+            self.amo_base,
+            |i| self.amo_out.get(i),
+            |m| m.count,
+        )
         .filter(|&(id, _)| id < end)
     }
 
@@ -396,7 +404,7 @@ impl Connection {
         let mut wrote = false;
         // The MESSAGES frame being filled; recorded in the ledger when it ends.
         let mut batch: Option<Batch<'a>> = None;
-        let mut slots = self.outbox.range_mut(start..).peekable();
+        let mut slots = self.outbox.range_mut(start).peekable();
         'slots: while let Some(slot) = slots.next() {
             let Some(msg) = slot else {
                 // A message with an outcome leaves a gap in the ids.
@@ -512,10 +520,10 @@ impl Connection {
 /// Moves a send cursor (id, fragment) to the next never-sent fragment in a queue of messages
 /// that starts at id `base`, skipping messages that already have an outcome (`None`).
 /// Returns it, or `None` (cursor at the end) when every fragment was sent.
-fn next_unsent<T>(
+fn next_unsent<'q, T: 'q>(
     cursor: &mut (u64, u32),
     base: u64,
-    queue: &std::collections::VecDeque<Option<T>>,
+    queue: impl Fn(usize) -> Option<&'q Option<T>>,
     count: impl Fn(&T) -> u32,
 ) -> Option<(u64, u32)> {
     let (mut id, mut frag) = *cursor;
@@ -523,7 +531,7 @@ fn next_unsent<T>(
         (id, frag) = (base, 0);
     }
     loop {
-        match queue.get((id - base) as usize) {
+        match queue((id - base) as usize) {
             None => {
                 *cursor = (id, 0);
                 return None;
