@@ -75,7 +75,11 @@ impl Corpus {
     fn offer(&mut self, kind: &str, data: &[u8]) {
         match self.files.get(kind) {
             Some(old) if old.len() <= data.len() => {}
-            _ if self.files.len() >= self.max && !self.files.contains_key(kind) => {}
+            // MESSAGES frames come with bursts (from B, which has no other new message waiting
+            // then), after the mixed traffic filled the corpus:
+            // a few more places for them.
+            _ if self.files.len() >= self.max + 10 * usize::from(kind.contains("msgs"))
+                && !self.files.contains_key(kind) => {}
             _ => {
                 self.files.insert(kind.to_owned(), data.to_vec());
             }
@@ -169,21 +173,31 @@ fn transfer(sel: u8, seed: u64) -> Vec<(bool, Vec<u8>)> {
     let mut sent = 0u32;
     let max = config.max_message_size;
     while pair.now < end {
-        // Keep up to 20 messages outstanding, of every guarantee and size, both ways.
-        while sent < 300 && pair.a.pending_messages() + pair.b.pending_messages() < 20 {
-            let g = [
+        // Keep up to 20 messages outstanding, of every guarantee and size, both ways (and
+        // each burst of six whole).
+        while sent < 300
+            && (pair.a.pending_messages() + pair.b.pending_messages() < 20 || sent % 30 > 24)
+        {
+            let mut g = [
                 Guarantee::AtMostOnce,
                 Guarantee::AtLeastOnce,
                 Guarantee::ExactlyOnce,
             ][(sent % 3) as usize];
-            let len = [8usize, 40, 300, 1100, 1500, 3000][(sent / 3 % 6) as usize].min(max);
+            let mut len = [8usize, 40, 300, 1100, 1500, 3000][(sent / 3 % 6) as usize].min(max);
             let mut o = SendOptions::new(g).channel((sent % 4) as u8);
             o = o.ordered(g.is_reliable() && sent % 5 == 0);
-            let conn = if sent % 7 == 3 {
+            let mut conn = if sent % 7 == 3 {
                 &mut pair.b
             } else {
                 &mut pair.a
             };
+            if sent % 30 >= 24 {
+                // A burst of one kind: consecutive ids that share a MESSAGES frame.
+                g = [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce][(sent / 30 % 2) as usize];
+                len = 40;
+                o = SendOptions::new(g).channel(1).ordered(sent / 60 % 2 == 0);
+                conn = &mut pair.b;
+            }
             if conn.send(pair.now, &vec![sent as u8; len], o).is_err() {
                 break;
             }
@@ -238,6 +252,17 @@ fn scripted() -> Vec<(String, Vec<u8>)> {
         v.extend(exchange_rounds(2));
         v.extend_from_slice(&[op::CLOSE_B, op::EXCHANGE, 0, op::ADVANCE, 0xff, 0xff]);
         out.push((format!("script-{sel}"), v));
+    }
+    // Bursts of one kind, which A sends as MESSAGES frames: exactly-once, then ordered.
+    for sel in [0u8, 1, 8] {
+        let mut v = vec![sel];
+        for g in [2u8, 2 | 4] {
+            for _ in 0..6 {
+                v.extend_from_slice(&[op::SEND_A, g, 0, 20]);
+            }
+            v.extend(exchange_rounds(2));
+        }
+        out.push((format!("script-burst-{sel}"), v));
     }
     out
 }
