@@ -462,9 +462,9 @@ impl Connection {
     fn on_messages_frame(&mut self, now: Instant, b: &MessagesFrame<'_>) -> bool {
         let mut rest = b.messages();
         let id = b.first_id();
+        // In line means at the cumulative point, so within the window.
         if b.guarantee().is_reliable()
             && matches!(self.state, State::Established | State::Shutdown)
-            && self.limits.in_window(id, id)
             && self.is_next_in_line(id)
         {
             match b.first_seq() {

@@ -384,8 +384,6 @@ impl Connection {
         debug_assert_eq!(self.pending_bytes, 0);
     }
 
-    /// Sends fragment `frag` of reliable message `id` again, unless its budget is spent.
-    /// `expected` is the state it must still be in (so that a fragment is queued only once).
     /// An acknowledged packet `pn` carried fragment `frag` of reliable message `id`: the
     /// fragment arrived, unless it was sent again since.
     #[inline]
@@ -399,6 +397,9 @@ impl Connection {
         }
     }
 
+    /// Sends fragment `frag` of reliable message `id` again, unless its budget is spent.
+    /// `only_if` says which state it must still be in (so that a fragment is queued only
+    /// once).
     fn requeue(&mut self, id: u64, frag: u32, only_if: impl Fn(FragState) -> bool) {
         let Some(msg) = self.outbox_get_mut(id) else {
             return;

@@ -407,9 +407,11 @@ impl Connection {
         let mut slots = self.outbox.range_mut(start).peekable();
         'slots: while let Some(slot) = slots.next() {
             let Some(msg) = slot else {
-                // A message with an outcome leaves a gap in the ids.
+                // A message with an outcome leaves a gap in the ids (the cursor may have
+                // stood part-way through it).
                 end_batch(&mut batch, &mut self.ledger);
                 id += 1;
+                frag = 0;
                 continue;
             };
             if frag == 0 && msg.count <= 1 {
@@ -765,9 +767,11 @@ mod tests {
             (2000, false, true), // 8: fragmented
             eo,
             eo, // 9-10
+            (11, false, true),
+            (11, false, true), // 11-12: channel 2
         ];
         let mut c = sender(now, &specs, &[2], 1_000);
-        // Channel 1 for the ordered pair (`sender` picks size % 3).
+        // `sender` picks channel size % 3: 1 for the 10-byte messages, 2 for the 11-byte ones.
         let pn = c.ledger.next_pn();
         let mut buf = vec![0u8; 4000];
         let mut w = Writer::new(&mut buf);
@@ -791,9 +795,47 @@ mod tests {
                 vec![6, 7],
                 vec![8],
                 vec![8],
-                vec![9, 10]
+                vec![9, 10],
+                vec![11, 12]
             ]
         );
+    }
+
+    /// A cursor left part-way through a fragmented message that was then abandoned (not at
+    /// the front of the outbox) starts the next message at its first fragment.
+    #[test]
+    fn a_gap_resets_a_cursor_left_inside_a_fragmented_message() {
+        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+        let now = Instant::now();
+        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, now).unwrap();
+        let o = SendOptions::new(Guarantee::ExactlyOnce);
+        c.send_message(now, &[9u8; 10], o).unwrap(); // id 0, stays pending
+        c.send_message(now, &[1u8; 4000], o).unwrap(); // id 1, fragmented
+        c.send_message(now, &[2u8; 10], o).unwrap(); // id 2
+        c.send_message(now, &[3u8; 10], o).unwrap(); // id 3
+        let pn = c.ledger.next_pn();
+        let mut buf = vec![0u8; 1300];
+        let mut w = Writer::new(&mut buf);
+        assert!(c.next_reliable().is_some());
+        assert!(c.write_new_reliable(pn, &mut w));
+        assert_eq!(c.cursor.0, 1);
+        assert!(c.cursor.1 > 0);
+        c.abandon_reliable(1, UndeliverableReason::Lost);
+        assert_eq!(c.out_base, 0);
+        let mut buf = vec![0u8; 1300];
+        let mut w = Writer::new(&mut buf);
+        assert!(c.write_new_reliable(pn + 1, &mut w));
+        let st = |id| {
+            c.outbox_get(id)
+                .map(|m| m.frags.iter().map(|f| f.state).collect::<Vec<_>>())
+        };
+        for id in [2, 3] {
+            assert_eq!(
+                st(id),
+                Some(vec![FragState::InFlight(pn + 1)]),
+                "message {id}"
+            );
+        }
     }
 
     proptest! {

@@ -1629,6 +1629,72 @@ mod tests {
         assert_eq!(got, [(Guarantee::AtMostOnce, 5, None)]);
     }
 
+    proptest::proptest! {
+        /// What a MessagesWriter writes parses to the messages given, with consecutive ids
+        /// (and sequence numbers), their guarantee, channel and payloads; it stops only when
+        /// the room or the frame is full.
+        #[test]
+        fn a_messages_writer_writes_the_messages_given(
+            g in proptest::sample::select(vec![
+                Guarantee::AtMostOnce,
+                Guarantee::AtLeastOnce,
+                Guarantee::ExactlyOnce,
+            ]),
+            channel in any::<u8>(),
+            id in prop_oneof![0..100u64, (MAX_VARINT - 100)..=MAX_VARINT],
+            seq in proptest::option::of(prop_oneof![0..100u64, (MAX_VARINT - 100)..=MAX_VARINT]),
+            payloads in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..100),
+                1..80,
+            ),
+            room in 0..3000usize,
+        ) {
+            let seq = seq.filter(|_| g.is_reliable());
+            let mut buf = vec![0u8; room];
+            let mut w = Writer::new(&mut buf);
+            let mut written = 0;
+            if let Ok(mut b) = MessagesWriter::begin(&mut w, g, channel, id, seq, &payloads[0]) {
+                written = 1;
+                for p in &payloads[1..] {
+                    if b.push(&mut w, p).is_err() {
+                        break;
+                    }
+                    written += 1;
+                }
+                prop_assert_eq!(b.len(), written);
+            }
+            let n = w.position();
+            if written == 0 {
+                prop_assert_eq!(n, 0);
+                return Ok(());
+            }
+            let Frame::Messages(f) = one(&buf[..n]) else {
+                panic!("not a MESSAGES frame")
+            };
+            let want: Vec<MessageFrame<'_>> = payloads[..written]
+                .iter()
+                .zip(0u64..)
+                .map(|(p, i)| MessageFrame {
+                    guarantee: g,
+                    channel,
+                    id: id + i,
+                    chan_seq: seq.map(|s| s + i),
+                    fragment: None,
+                    payload: p,
+                })
+                .collect();
+            prop_assert_eq!(f.messages().collect::<Vec<_>>(), want);
+            // It stopped for a reason: no more messages, a full frame, or no room.
+            if written < payloads.len() {
+                let next = &payloads[written];
+                let full = written == MAX_MESSAGES_WRITTEN
+                    || id + written as u64 > MAX_VARINT
+                    || seq.is_some_and(|s| s + written as u64 > MAX_VARINT);
+                prop_assert!(full || n + varint_len(next.len() as u64) + next.len() > room);
+            }
+        }
+    }
+
     #[test]
     fn a_messages_writer_keeps_a_valid_frame_and_refuses_what_does_not_fit() {
         let g = Guarantee::AtLeastOnce;
