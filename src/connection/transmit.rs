@@ -13,6 +13,26 @@ use crate::wire::{
     PacketType, WireError, Writer,
 };
 
+/// Whether new reliable messages may be written in one pass (MESSAGES frames) while
+/// at-most-once messages wait too; off in tests that compare with one frame per message.
+#[cfg(not(test))]
+#[inline(always)]
+fn one_pass() -> bool {
+    true
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test switch: with at-most-once messages waiting, new reliable messages go one frame at a
+    /// time.
+    pub(super) static ONE_FRAME_AT_A_TIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn one_pass() -> bool {
+    !ONE_FRAME_AT_A_TIME.with(std::cell::Cell::get)
+}
+
 /// Which queue the next message fragment comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
@@ -336,17 +356,27 @@ impl Connection {
                     (Some(_), None) => {
                         // Nothing else waits, and writing new reliable fragments queues
                         // nothing: they fill the rest of the packet in one pass.
-                        wrote |= self.write_new_reliable(pn, w);
+                        wrote |= self.write_new_reliable(pn, w, None);
                         break;
                     }
                     (None, Some(_)) => Source::NewAmo,
                     (Some((rid, _)), Some((aid, _))) => {
                         let rq = self.outbox_get(rid).map(|m| m.queued_at);
                         let aq = self.amo_peek(aid).map(|m| m.queued_at);
-                        if aq < rq {
-                            Source::NewAmo
-                        } else {
-                            Source::NewReliable
+                        match aq {
+                            Some(aq) if rq.is_some_and(|rq| aq < rq) => Source::NewAmo,
+                            Some(aq) if one_pass() => {
+                                // The reliable messages queued no later than the next
+                                // at-most-once one go first, in one pass; then the loop
+                                // looks again (the pass writes nothing if the packet is
+                                // full).
+                                if !self.write_new_reliable(pn, w, Some(aq)) {
+                                    break;
+                                }
+                                wrote = true;
+                                continue;
+                            }
+                            _ => Source::NewReliable,
                         }
                     }
                 }
@@ -391,8 +421,15 @@ impl Connection {
     /// [`write_reliable_fragment`](Self::write_reliable_fragment) would one fragment at a time.
     /// Returns whether any was written. Kept out of `poll_transmit`, whose register pressure
     /// would otherwise spill this loop's state.
+    /// With `queued_by`, stops at the first message queued after it (an at-most-once message
+    /// queued earlier goes first).
     #[inline(never)]
-    fn write_new_reliable<'a>(&mut self, pn: u64, w: &mut Writer<'a>) -> bool {
+    fn write_new_reliable<'a>(
+        &mut self,
+        pn: u64,
+        w: &mut Writer<'a>,
+        queued_by: Option<Instant>,
+    ) -> bool {
         let (mut id, mut frag) = self.cursor;
         if id < self.out_base {
             (id, frag) = (self.out_base, 0);
@@ -414,6 +451,9 @@ impl Connection {
                 frag = 0;
                 continue;
             };
+            if queued_by.is_some_and(|t| msg.queued_at > t) {
+                break;
+            }
             if frag == 0 && msg.count <= 1 {
                 // A whole message: into the open MESSAGES frame if it belongs there, or a new
                 // one if the next message would join it too, else a MESSAGE frame.
@@ -434,7 +474,8 @@ impl Connection {
                 }
                 end_batch(&mut batch, &mut self.ledger);
                 let pairs = id + 1 < self.peer_limit
-                    && matches!(slots.peek(), Some(Some(next)) if pairs_with(msg, next));
+                    && matches!(slots.peek(), Some(Some(next)) if pairs_with(msg, next)
+                        && queued_by.is_none_or(|t| next.queued_at <= t));
                 let (g, ch, seq) = (msg.guarantee, msg.channel, msg.chan_seq);
                 if pairs {
                     batch = MessagesWriter::begin(w, g, ch, id, seq, &msg.payload)
@@ -683,7 +724,7 @@ fn message_frame<'a>(
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use proptest::prelude::*;
 
@@ -775,7 +816,7 @@ mod tests {
         let pn = c.ledger.next_pn();
         let mut buf = vec![0u8; 4000];
         let mut w = Writer::new(&mut buf);
-        assert!(c.write_new_reliable(pn, &mut w));
+        assert!(c.write_new_reliable(pn, &mut w, None));
         let n = w.position();
         let mut runs = Vec::new();
         for f in wire::frames(&buf[..n]) {
@@ -801,6 +842,114 @@ mod tests {
         );
     }
 
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// With at-most-once and reliable messages queued together, the packets carry the same
+        /// messages in the same order whether new reliable ones go out in one pass (MESSAGES
+        /// frames) or one frame at a time, and take no more packets.
+        #[test]
+        fn one_pass_with_at_most_once_waiting_keeps_the_order(
+            sends in proptest::collection::vec(
+                (0..3u8, prop_oneof![1..80usize, 1..3000usize], any::<bool>(), 0..3u8),
+                1..60,
+            ),
+            room in 400..1500usize,
+        ) {
+            use super::ONE_FRAME_AT_A_TIME;
+            #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+            let t0 = Instant::now();
+            // No congestion window, so that every message goes out in this one flush.
+            let config = Arc::new(
+                Config::default()
+                    .max_datagram_size(room)
+                    .max_message_size(4096)
+                    .congestion(crate::CongestionControl::None),
+            );
+            let mut out = Vec::new();
+            for one_at_a_time in [false, true] {
+                let mut c = Connection::new(config.clone(), 1, 2, t0).unwrap();
+                let mut now = t0;
+                for &(g, size, ordered, gap) in &sends {
+                    // Several messages share a send time; the others come later.
+                    now += Duration::from_micros(u64::from(gap / 2));
+                    let g = [Guarantee::AtMostOnce, Guarantee::AtLeastOnce, Guarantee::ExactlyOnce]
+                        [usize::from(g)];
+                    let opts = SendOptions::new(g)
+                        .channel((size % 2) as u8)
+                        .ordered(ordered && g.is_reliable());
+                    c.send_message(now, &vec![size as u8; size], opts).unwrap();
+                }
+                ONE_FRAME_AT_A_TIME.with(|f| f.set(one_at_a_time));
+                let mut buf = vec![0u8; 2048];
+                let (mut messages, mut packets) = (Vec::new(), 0);
+                while let Some(n) = c.poll_transmit(now, &mut buf) {
+                    packets += 1;
+                    let (_, payload) = wire::open(&buf[..n], &wire::Crc32).unwrap();
+                    for f in wire::frames(payload) {
+                        match f.unwrap() {
+                            Frame::Message(m) => messages.push(brief(&m)),
+                            Frame::Messages(b) => messages.extend(b.messages().map(|m| brief(&m))),
+                            _ => {}
+                        }
+                    }
+                    prop_assert!(packets < 10_000);
+                }
+                ONE_FRAME_AT_A_TIME.with(|f| f.set(false));
+                out.push((messages, packets));
+            }
+            prop_assert_eq!(&out[0].0, &out[1].0);
+            prop_assert!(out[0].1 <= out[1].1, "{} > {} packets", out[0].1, out[1].1);
+        }
+    }
+
+    /// With at-most-once messages waiting, the reliable ones queued no later than the next
+    /// of them still share MESSAGES frames, in send-time order.
+    #[test]
+    fn reliable_runs_interleave_with_at_most_once_messages_by_send_time() {
+        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(1);
+        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, t0).unwrap();
+        let (amo, eo) = (Guarantee::AtMostOnce, Guarantee::ExactlyOnce);
+        for (t, g) in [
+            (t0, amo),
+            (t0, eo),
+            (t0, eo),
+            (t0, eo),
+            (t1, amo),
+            (t1, eo),
+            (t1, eo),
+        ] {
+            c.send_message(t, &[7; 20], SendOptions::new(g)).unwrap();
+        }
+        let mut buf = vec![0u8; 1500];
+        let n = c.poll_transmit(t1, &mut buf).unwrap();
+        let (_, payload) = wire::open(&buf[..n], &wire::Crc32).unwrap();
+        let frames: Vec<(char, Vec<u64>)> = wire::frames(payload)
+            .filter_map(|f| match f.unwrap() {
+                Frame::Message(m) => Some((if m.guarantee == amo { 'a' } else { 'r' }, vec![m.id])),
+                Frame::Messages(b) => Some(('R', b.messages().map(|m| m.id).collect())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                ('R', vec![0, 1, 2]),
+                ('a', vec![0]),
+                ('R', vec![3, 4]),
+                ('a', vec![1])
+            ]
+        );
+    }
+
+    /// A message frame in brief: guarantee, id, fragment index, payload length.
+    fn brief(m: &wire::MessageFrame<'_>) -> (u8, u64, u64, usize) {
+        let g = m.guarantee.to_bits();
+        (g, m.id, m.fragment.map_or(0, |f| f.index), m.payload.len())
+    }
+
     /// A cursor left part-way through a fragmented message that was then abandoned (not at
     /// the front of the outbox) starts the next message at its first fragment.
     #[test]
@@ -817,14 +966,14 @@ mod tests {
         let mut buf = vec![0u8; 1300];
         let mut w = Writer::new(&mut buf);
         assert!(c.next_reliable().is_some());
-        assert!(c.write_new_reliable(pn, &mut w));
+        assert!(c.write_new_reliable(pn, &mut w, None));
         assert_eq!(c.cursor.0, 1);
         assert!(c.cursor.1 > 0);
         c.abandon_reliable(1, UndeliverableReason::Lost);
         assert_eq!(c.out_base, 0);
         let mut buf = vec![0u8; 1300];
         let mut w = Writer::new(&mut buf);
-        assert!(c.write_new_reliable(pn + 1, &mut w));
+        assert!(c.write_new_reliable(pn + 1, &mut w, None));
         let st = |id| {
             c.outbox_get(id)
                 .map(|m| m.frags.iter().map(|f| f.state).collect::<Vec<_>>())
@@ -863,7 +1012,7 @@ mod tests {
                 let pn = fast.ledger.next_pn();
                 let mut buf_fast = vec![0u8; room];
                 let mut w = Writer::new(&mut buf_fast);
-                let wrote_fast = fast.next_reliable().is_some() && fast.write_new_reliable(pn, &mut w);
+                let wrote_fast = fast.next_reliable().is_some() && fast.write_new_reliable(pn, &mut w, None);
                 let len_fast = w.position();
                 let got = messages_in(&buf_fast[..len_fast]);
                 prop_assert_eq!(wrote_fast, !got.is_empty());
