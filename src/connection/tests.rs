@@ -745,17 +745,7 @@ fn a_messages_run_with_room_for_part_of_it_delivers_that_part_and_is_not_acknowl
     let mut b = wire::MessagesWriter::begin(&mut w, g, 0, 6, None, &[6; 36]).unwrap();
     b.push(&mut w, &[7; 36]).unwrap();
     let n = w.position();
-    let single = |id: u64, payload| {
-        Frame::Message(MessageFrame {
-            guarantee: g,
-            channel: 0,
-            id,
-            chan_seq: None,
-            fragment: None,
-            payload,
-        })
-    };
-    let frames = [single(4, &[4; 36]), single(5, &[5; 36])];
+    let frames = [message(g, 4, &[4; 36]), message(g, 5, &[5; 36])];
     for (pn, frames) in [
         (3, &frames[..]),
         (4, &[wire::frames(&raw[..n]).next().unwrap().unwrap()][..]),

@@ -14,6 +14,29 @@ use super::varint::{MAX_VARINT, varint_len};
 use super::{Reader, WireError, Writer};
 use crate::Guarantee;
 
+/// `PartialEq`, `Eq` and `Debug` for a frame that holds a count and a list read back by
+/// `$items`: equal when the decoded items are (the bytes may use longer varints), printed as
+/// the list.
+macro_rules! list_frame_traits {
+    ($frame:ident, $items:ident) => {
+        impl PartialEq for $frame<'_> {
+            fn eq(&self, other: &Self) -> bool {
+                self.count == other.count && self.$items().eq(other.$items())
+            }
+        }
+
+        impl Eq for $frame<'_> {}
+
+        impl fmt::Debug for $frame<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($frame))
+                    .field(&DebugList(self.$items()))
+                    .finish()
+            }
+        }
+    };
+}
+
 /// Frame type codes.
 pub(super) mod ty {
     pub(in crate::wire) const PADDING: u8 = 0x00;
@@ -400,19 +423,13 @@ impl<'a> MessageFrame<'a> {
 
     /// Reads a MESSAGE frame of any shape.
     fn parse(r: &mut Reader<'a>) -> Result<MessageFrame<'a>, WireError> {
-        let flags = r.u8()?;
-        if flags & flag::RESERVED != 0 {
-            return Err(WireError::BadFlags(flags));
-        }
-        let guarantee =
-            Guarantee::from_bits(flags & flag::GUARANTEE).ok_or(WireError::BadGuarantee)?;
-        let ordered = flags & flag::ORDERED != 0;
-        if ordered && !guarantee.is_reliable() {
-            return Err(WireError::OrderedAtMostOnce);
-        }
-        let channel = r.u8()?;
-        let id = r.varint()?;
-        let chan_seq = if ordered { Some(r.varint()?) } else { None };
+        let MessageHead {
+            flags,
+            guarantee,
+            channel,
+            id,
+            seq: chan_seq,
+        } = MessageHead::parse(r, flag::RESERVED)?;
         let fragment = if flags & flag::FRAGMENT != 0 {
             Some(Fragment {
                 total_len: r.varint()?,
@@ -438,6 +455,45 @@ impl<'a> MessageFrame<'a> {
             chan_seq,
             fragment,
             payload,
+        })
+    }
+}
+
+/// The fields a MESSAGE or MESSAGES frame starts with, after the type byte.
+struct MessageHead {
+    flags: u8,
+    guarantee: Guarantee,
+    channel: u8,
+    id: u64,
+    /// The channel sequence number, if the ordered flag is set.
+    seq: Option<u64>,
+}
+
+impl MessageHead {
+    /// Reads the flags (any of the `refused` bits set is [`WireError::BadFlags`]; a guarantee
+    /// code of 3 and an ordered at-most-once message are malformed), the channel, the id, and
+    /// the channel sequence number if ordered.
+    #[inline(always)]
+    fn parse(r: &mut Reader<'_>, refused: u8) -> Result<MessageHead, WireError> {
+        let flags = r.u8()?;
+        if flags & refused != 0 {
+            return Err(WireError::BadFlags(flags));
+        }
+        let guarantee =
+            Guarantee::from_bits(flags & flag::GUARANTEE).ok_or(WireError::BadGuarantee)?;
+        let ordered = flags & flag::ORDERED != 0;
+        if ordered && !guarantee.is_reliable() {
+            return Err(WireError::OrderedAtMostOnce);
+        }
+        let channel = r.u8()?;
+        let id = r.varint()?;
+        let seq = if ordered { Some(r.varint()?) } else { None };
+        Ok(MessageHead {
+            flags,
+            guarantee,
+            channel,
+            id,
+            seq,
         })
     }
 }
@@ -511,19 +567,14 @@ impl<'a> MessagesFrame<'a> {
     }
 
     fn parse(r: &mut Reader<'a>) -> Result<MessagesFrame<'a>, WireError> {
-        let flags = r.u8()?;
-        if flags & (flag::RESERVED | flag::FRAGMENT) != 0 {
-            return Err(WireError::BadFlags(flags));
-        }
-        let guarantee =
-            Guarantee::from_bits(flags & flag::GUARANTEE).ok_or(WireError::BadGuarantee)?;
-        let ordered = flags & flag::ORDERED != 0;
-        if ordered && !guarantee.is_reliable() {
-            return Err(WireError::OrderedAtMostOnce);
-        }
-        let channel = r.u8()?;
-        let first_id = r.varint()?;
-        let first_seq = if ordered { Some(r.varint()?) } else { None };
+        // Whole messages only: no fragment fields.
+        let MessageHead {
+            guarantee,
+            channel,
+            id: first_id,
+            seq: first_seq,
+            ..
+        } = MessageHead::parse(r, flag::RESERVED | flag::FRAGMENT)?;
         // Each entry takes at least its one-byte length.
         let count = read_count(r, 1)?;
         // The last id (and sequence number) must be a varint too. Both operands are at most
@@ -584,21 +635,7 @@ impl<'a> MessagesFrame<'a> {
     }
 }
 
-impl PartialEq for MessagesFrame<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.count == other.count && self.messages().eq(other.messages())
-    }
-}
-
-impl Eq for MessagesFrame<'_> {}
-
-impl fmt::Debug for MessagesFrame<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("MessagesFrame")
-            .field(&DebugList(self.messages()))
-            .finish()
-    }
-}
+list_frame_traits!(MessagesFrame, messages);
 
 /// The messages of a [`MessagesFrame`].
 #[derive(Debug, Clone)]
@@ -883,21 +920,7 @@ impl<'a> ForwardFrame<'a> {
     }
 }
 
-impl PartialEq for ForwardFrame<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.count == other.count && self.entries().eq(other.entries())
-    }
-}
-
-impl Eq for ForwardFrame<'_> {}
-
-impl fmt::Debug for ForwardFrame<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ForwardFrame")
-            .field(&DebugList(self.entries()))
-            .finish()
-    }
-}
+list_frame_traits!(ForwardFrame, entries);
 
 /// The entries of a [`ForwardFrame`].
 #[derive(Debug, Clone)]
@@ -1087,21 +1110,7 @@ impl<'a> RejectFrame<'a> {
     }
 }
 
-impl PartialEq for RejectFrame<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.count == other.count && self.ids().eq(other.ids())
-    }
-}
-
-impl Eq for RejectFrame<'_> {}
-
-impl fmt::Debug for RejectFrame<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("RejectFrame")
-            .field(&DebugList(self.ids()))
-            .finish()
-    }
-}
+list_frame_traits!(RejectFrame, ids);
 
 /// The ids of a [`RejectFrame`].
 #[derive(Debug, Clone)]
