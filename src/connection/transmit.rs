@@ -23,8 +23,7 @@ fn one_pass() -> bool {
 
 #[cfg(test)]
 thread_local! {
-    /// Test switch: with at-most-once messages waiting, new reliable messages go one frame at a
-    /// time.
+    /// Test switch: new messages go one frame at a time whenever at-most-once messages wait.
     pub(super) static ONE_FRAME_AT_A_TIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -359,6 +358,12 @@ impl Connection {
                         wrote |= self.write_new_reliable(pn, w, None);
                         break;
                     }
+                    (None, Some(_)) if one_pass() => {
+                        // Only at-most-once messages wait: they fill the rest of the packet
+                        // in one pass.
+                        wrote |= self.write_new_amo(w);
+                        break;
+                    }
                     (None, Some(_)) => Source::NewAmo,
                     (Some((rid, _)), Some((aid, _))) => {
                         let rq = self.outbox_get(rid).map(|m| m.queued_at);
@@ -526,6 +531,84 @@ impl Connection {
             return false;
         };
         write_out_fragment(msg, &mut self.ledger, pn, id, frag, w)
+    }
+
+    /// Writes new at-most-once fragments from the cursor on, whole messages of one channel
+    /// with consecutive ids in MESSAGES frames, until the packet is full, the queue ends or
+    /// the at-most-once window does: what [`write_amo_fragment`](Self::write_amo_fragment)
+    /// would write one fragment at a time, from a cursor that
+    /// [`next_amo`](Self::next_amo) placed. Returns whether any was written.
+    #[inline(never)]
+    fn write_new_amo<'a>(&mut self, w: &mut Writer<'a>) -> bool {
+        let (mut id, mut frag) = self.amo_cursor;
+        let Some(start) = id.checked_sub(self.amo_base).map(|i| i as usize) else {
+            return false;
+        };
+        let end = self.amo_base + self.config.amo_window;
+        let amo = Guarantee::AtMostOnce;
+        let mut wrote = false;
+        let mut batch: Option<MessagesWriter<'a>> = None;
+        let mut slots = self
+            .amo_out
+            .range_mut(start.min(self.amo_out.len())..)
+            .peekable();
+        'slots: while let Some(slot) = slots.next() {
+            let Some(msg) = slot else {
+                batch = None;
+                id += 1;
+                frag = 0;
+                continue;
+            };
+            if id >= end {
+                break;
+            }
+            if frag == 0 && msg.count <= 1 {
+                if let Some(b) = &mut batch
+                    && !b.is_full()
+                    && b.channel() == msg.channel
+                {
+                    if b.push(w, &msg.payload).is_err() {
+                        break;
+                    }
+                } else {
+                    let pairs = id + 1 < end
+                        && matches!(slots.peek(), Some(Some(next))
+                            if next.count <= 1 && next.channel == msg.channel);
+                    let ch = msg.channel;
+                    batch = if pairs {
+                        MessagesWriter::begin(w, amo, ch, id, None, &msg.payload).ok()
+                    } else {
+                        None
+                    };
+                    if batch.is_none()
+                        && wire::emit_whole_message(amo, ch, id, None, &msg.payload, w).is_err()
+                    {
+                        break;
+                    }
+                }
+                msg.sent += 1;
+                self.ledger.push_frame(SentFrame::Amo { id, frag: 0 });
+                wrote = true;
+                id += 1;
+                continue;
+            }
+            batch = None;
+            while frag < msg.count {
+                let frame =
+                    message_frame(amo, msg.channel, id, None, msg.count, frag, &msg.payload);
+                if frame.is_none_or(|f| f.emit(w).is_err()) {
+                    break 'slots;
+                }
+                msg.sent += 1;
+                self.ledger.push_frame(SentFrame::Amo { id, frag });
+                wrote = true;
+                frag += 1;
+            }
+            id += 1;
+            frag = 0;
+        }
+        self.amo_cursor = (id, frag);
+        wrote
     }
 
     fn write_amo_fragment(&mut self, id: u64, frag: u32, w: &mut Writer<'_>) -> bool {
@@ -944,10 +1027,51 @@ mod tests {
         );
     }
 
-    /// A message frame in brief: guarantee, id, fragment index, payload length.
-    fn brief(m: &wire::MessageFrame<'_>) -> (u8, u64, u64, usize) {
+    /// With only at-most-once messages waiting, whole ones of one channel with consecutive
+    /// ids share MESSAGES frames; a channel change, a fragmented message or a message with an
+    /// outcome (a gap) ends a run.
+    #[test]
+    fn at_most_once_runs_share_messages_frames() {
+        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+        let t0 = Instant::now();
+        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, t0).unwrap();
+        for (ch, size) in [
+            (0u8, 20),
+            (0, 20),
+            (0, 20),
+            (1, 20),
+            (1, 20),
+            (1, 2000),
+            (1, 20),
+        ] {
+            let opts = SendOptions::new(Guarantee::AtMostOnce).channel(ch);
+            c.send_message(t0, &vec![7; size], opts).unwrap();
+        }
+        let mut buf = vec![0u8; 4000];
+        let mut runs = Vec::new();
+        while let Some(n) = c.poll_transmit(t0, &mut buf) {
+            let (_, payload) = wire::open(&buf[..n], &wire::Crc32).unwrap();
+            for f in wire::frames(payload) {
+                match f.unwrap() {
+                    Frame::Message(m) => runs.push(vec![m.id]),
+                    Frame::Messages(b) => runs.push(b.messages().map(|m| m.id).collect()),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(
+            runs,
+            [vec![0, 1, 2], vec![3, 4], vec![5], vec![5], vec![6]],
+            "runs of ids per frame"
+        );
+    }
+
+    /// A message frame in brief: guarantee, channel, id, channel sequence number, fragment
+    /// index, payload length.
+    fn brief(m: &wire::MessageFrame<'_>) -> (u8, u8, u64, Option<u64>, u64, usize) {
         let g = m.guarantee.to_bits();
-        (g, m.id, m.fragment.map_or(0, |f| f.index), m.payload.len())
+        let index = m.fragment.map_or(0, |f| f.index);
+        (g, m.channel, m.id, m.chan_seq, index, m.payload.len())
     }
 
     /// A cursor left part-way through a fragmented message that was then abandoned (not at
