@@ -794,7 +794,7 @@ impl<'a> MessagesWriter<'a> {
     /// Adds the next message (the next id, and the next sequence number if ordered). Errors,
     /// with nothing written: [`WireError::BufferTooSmall`] when it does not fit in `w` or the
     /// frame is full ([`is_full`](Self::is_full)), [`WireError::ValueTooLarge`].
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, w: &mut Writer<'a>, payload: &[u8]) -> Result<(), WireError> {
         if self.is_full() {
             return Err(WireError::BufferTooSmall);
