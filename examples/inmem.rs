@@ -4,13 +4,18 @@
 //!
 //! ```text
 //! cargo run --release --example inmem -- [--messages N] [--size BYTES] [--guarantee G] [--ordered]
+//!     [--loss P] [--seed S]
 //! ```
 //!
-//! `--ordered` sends every message on ordered channel 0 (a reliable guarantee only).
+//! `--ordered` sends every message on ordered channel 0 (a reliable guarantee only). `--loss`
+//! drops each datagram, either way, with probability P (0 <= P < 1, default 0; seeded by
+//! `--seed`, default 1): time then moves on in steps of 1 ms whenever nothing moves, so that
+//! retransmission timers fire (virtual time, no sleeping).
 //!
 //! Prints one JSON line:
 //! `{"messages","size","guarantee","elapsed_s","msgs_per_s","datagrams","ordered","delivered",
-//! "received","in_order"}`: `delivered` counts the sender's Delivered outcomes (the run ends
+//! "received","in_order","loss","dropped"}`: `dropped` counts the datagrams dropped;
+//! `delivered` counts the sender's Delivered outcomes (the run ends
 //! when every message has an outcome, Delivered or Undeliverable), `received` the messages the
 //! receiving connection handed over, and `in_order` whether each of them had a higher id than
 //! the one before (ids are given in send order, so this is send order). With `--ordered`, a
@@ -26,13 +31,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Args, Json};
-use surely::{Config, Connection, Event, Guarantee, SendOptions};
+use surely::{Config, Connection, Event, Guarantee, Rng, SendOptions};
 
 fn main() -> ExitCode {
     env_logger::init();
     let args = match Args::parse(
         "inmem",
-        &["--messages", "--size", "--guarantee"],
+        &["--messages", "--size", "--guarantee", "--loss", "--seed"],
         &["--ordered"],
     ) {
         Ok(a) => a,
@@ -46,12 +51,18 @@ fn main() -> ExitCode {
             args.get::<u64>("--messages", 1_000_000)?,
             args.get::<usize>("--size", 64)?,
             args.get("--guarantee", Guarantee::ExactlyOnce)?,
+            args.get::<f64>("--loss", 0.0)?,
+            args.get::<u64>("--seed", 1)?,
         ))
     })();
-    let (messages, size, g) = match parsed {
+    let (messages, size, g, loss, seed) = match parsed {
         Ok(p) => p,
         Err(e) => return args.fail(&e),
     };
+    if !(0.0..1.0).contains(&loss) {
+        return args.fail("--loss must be at least 0 and below 1");
+    }
+    let mut rng = Rng::new(seed);
     let ordered = args.has("--ordered");
     if ordered && !g.is_reliable() {
         return args.fail("--ordered needs at-least-once or exactly-once");
@@ -65,7 +76,7 @@ fn main() -> ExitCode {
     let payload = vec![0x5au8; size];
     let mut buf = vec![0u8; 1500];
     let (mut sent, mut outcomes, mut datagrams) = (0u64, 0u64, 0u64);
-    let (mut delivered, mut received) = (0u64, 0u64);
+    let (mut delivered, mut received, mut dropped) = (0u64, 0u64, 0u64);
     // The lowest id the receiver may see next: ids are given in send order.
     let (mut next_id, mut in_order) = (0u64, true);
     while outcomes < messages {
@@ -78,12 +89,20 @@ fn main() -> ExitCode {
         loop {
             let mut moved = false;
             while let Some(n) = a.poll_transmit(now, &mut buf) {
-                let _ = b.handle_datagram(now, &buf[..n]);
+                if loss > 0.0 && rng.chance(loss) {
+                    dropped += 1;
+                } else {
+                    let _ = b.handle_datagram(now, &buf[..n]);
+                }
                 datagrams += 1;
                 moved = true;
             }
             while let Some(n) = b.poll_transmit(now, &mut buf) {
-                let _ = a.handle_datagram(now, &buf[..n]);
+                if loss > 0.0 && rng.chance(loss) {
+                    dropped += 1;
+                } else {
+                    let _ = a.handle_datagram(now, &buf[..n]);
+                }
                 datagrams += 1;
                 moved = true;
             }
@@ -131,6 +150,8 @@ fn main() -> ExitCode {
             .int("delivered", delivered)
             .int("received", received)
             .bool("in_order", in_order)
+            .num("loss", loss)
+            .int("dropped", dropped)
             .finish()
     );
     if ordered && !in_order {

@@ -232,6 +232,8 @@ fn bad_arguments_get_a_one_line_error_and_status_2() {
         ("sender", vec![]),
         ("inmem", vec!["--guarantee", "at-most-once", "--ordered"]),
         ("inmem", vec!["--messages", "many"]),
+        ("inmem", vec!["--loss", "1"]),
+        ("inmem", vec!["--loss", "-0.1"]),
     ] {
         let out = Command::new(example(prog))
             .args(&args)
@@ -272,6 +274,46 @@ fn inmem_runs_every_guarantee_unordered_and_ordered() {
         assert_eq!(field(&j, "in_order"), "true", "{ctx}");
         for key in ["elapsed_s", "msgs_per_s", "datagrams"] {
             num(&j, key);
+        }
+    }
+}
+
+#[test]
+fn inmem_with_loss_still_delivers_every_reliable_message() {
+    for (guarantee, ordered) in [
+        ("exactly-once", false),
+        ("exactly-once", true),
+        ("at-least-once", false),
+        ("at-most-once", false),
+    ] {
+        let mut cmd = Command::new(example("inmem"));
+        cmd.args([
+            "--messages",
+            "3000",
+            "--guarantee",
+            guarantee,
+            "--loss",
+            "0.1",
+        ]);
+        if ordered {
+            cmd.arg("--ordered");
+        }
+        let out = cmd.output().expect("run inmem");
+        let ctx = format!("{guarantee} ordered {ordered}: {out:?}");
+        assert!(out.status.success(), "{ctx}");
+        let j = json(&out, &ctx);
+        assert_eq!(num(&j, "loss"), 0.1, "{ctx}");
+        assert!(num(&j, "dropped") > 0.0, "{ctx}");
+        if guarantee == "at-most-once" {
+            // Lost ones end Undeliverable; the rest arrive once.
+            assert!(num(&j, "received") < 3000.0, "{ctx}");
+            assert!(num(&j, "delivered") <= num(&j, "received"), "{ctx}");
+        } else {
+            assert_eq!(num(&j, "delivered"), 3000.0, "{ctx}");
+            assert_eq!(num(&j, "received"), 3000.0, "{ctx}");
+        }
+        if ordered {
+            assert_eq!(field(&j, "in_order"), "true", "{ctx}");
         }
     }
 }
