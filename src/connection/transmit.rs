@@ -939,7 +939,6 @@ mod tests {
             ),
             room in 400..1500usize,
         ) {
-            use super::ONE_FRAME_AT_A_TIME;
             #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
             let t0 = Instant::now();
             // No congestion window, so that every message goes out in this one flush.
@@ -963,7 +962,7 @@ mod tests {
                         .ordered(ordered && g.is_reliable());
                     c.send_message(now, &vec![size as u8; size], opts).unwrap();
                 }
-                ONE_FRAME_AT_A_TIME.with(|f| f.set(one_at_a_time));
+                let _switch = OneFrameAtATime::set(one_at_a_time);
                 let mut buf = vec![0u8; 2048];
                 let (mut messages, mut packets) = (Vec::new(), 0);
                 while let Some(n) = c.poll_transmit(now, &mut buf) {
@@ -978,7 +977,6 @@ mod tests {
                     }
                     prop_assert!(packets < 10_000);
                 }
-                ONE_FRAME_AT_A_TIME.with(|f| f.set(false));
                 out.push((messages, packets));
             }
             prop_assert_eq!(&out[0].0, &out[1].0);
@@ -1064,6 +1062,22 @@ mod tests {
             [vec![0, 1, 2], vec![3, 4], vec![5], vec![5], vec![6]],
             "runs of ids per frame"
         );
+    }
+
+    /// Sets the one-frame-at-a-time switch while it lives (off again even if a test fails).
+    struct OneFrameAtATime;
+
+    impl OneFrameAtATime {
+        fn set(on: bool) -> Self {
+            super::ONE_FRAME_AT_A_TIME.with(|f| f.set(on));
+            OneFrameAtATime
+        }
+    }
+
+    impl Drop for OneFrameAtATime {
+        fn drop(&mut self) {
+            super::ONE_FRAME_AT_A_TIME.with(|f| f.set(false));
+        }
     }
 
     /// A message frame in brief: guarantee, channel, id, channel sequence number, fragment
@@ -1190,5 +1204,150 @@ mod tests {
                 prop_assert_eq!(frames(&fast), frames(&slow));
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// `write_messages` in one pass writes what it writes one frame at a time, packet
+        /// after packet until nothing is left, with gaps (messages with an outcome) in both id
+        /// spaces, a small at-most-once window and limited peer credit: the same messages in
+        /// the same order, the same ledger entries (runs taken apart), cursors, `sent`
+        /// counters and fragment states, in no more packets. (Packet by packet they may
+        /// differ: a MESSAGES run can fit what two MESSAGE frames do not.)
+        #[test]
+        fn write_messages_in_one_pass_matches_one_frame_at_a_time(
+            specs in proptest::collection::vec(
+                (0..3u8, prop_oneof![0..60usize, 0..3000usize], any::<bool>(), 0..2u8, 0..3u8, prop::bool::weighted(0.15)),
+                0..150,
+            ),
+            window in 64..80u64,
+            credit in prop_oneof![Just(1_000u64), 0..100u64],
+            room in 60..1500usize,
+        ) {
+            #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+            let t0 = Instant::now();
+            let config = Arc::new(
+                Config::default()
+                    .max_datagram_size(1500)
+                    .max_message_size(4096)
+                    .amo_window(window)
+                    .congestion(crate::CongestionControl::None),
+            );
+            let mut results = Vec::new();
+            for one_at_a_time in [false, true] {
+                let mut c = Connection::new(config.clone(), 1, 2, t0).unwrap();
+                let mut now = t0;
+                let mut abandon_rel = Vec::new();
+                for &(g, size, ordered, ch, gap, abandon) in &specs {
+                    now += Duration::from_micros(u64::from(gap / 2));
+                    let g = [Guarantee::AtMostOnce, Guarantee::AtLeastOnce, Guarantee::ExactlyOnce]
+                        [usize::from(g)];
+                    let mut opts = SendOptions::new(g).channel(ch).ordered(ordered && g.is_reliable());
+                    if abandon && !g.is_reliable() {
+                        opts = opts.deadline(Duration::from_nanos(1));
+                    }
+                    let id = c.send_message(now, &vec![size as u8; size], opts).unwrap();
+                    if abandon && g.is_reliable() {
+                        abandon_rel.push(id.get());
+                    }
+                }
+                now += Duration::from_millis(1);
+                c.expire_deadlines(now);
+                for id in abandon_rel {
+                    c.abandon_reliable(id, UndeliverableReason::Lost);
+                }
+                c.peer_limit = c.out_base + credit;
+                let switch = OneFrameAtATime::set(one_at_a_time);
+                let mut msgs = Vec::new();
+                let mut ledger = Vec::new();
+                let mut packets = 0;
+                loop {
+                    let pn = c.ledger.next_pn();
+                    let mut buf = vec![0u8; room];
+                    let mut w = Writer::new(&mut buf);
+                    let wrote = c.write_messages(pn, &mut w);
+                    let n = w.position();
+                    c.ledger.finish_packet(now, 1, true, 0, 0, 0);
+                    let mut got = Vec::new();
+                    for f in wire::frames(&buf[..n]) {
+                        match f.unwrap() {
+                            Frame::Message(m) => got.push(brief(&m)),
+                            Frame::Messages(b) => got.extend(b.messages().map(|m| brief(&m))),
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                    prop_assert_eq!(wrote, !got.is_empty());
+                    let pkt = *c.ledger.get(pn).unwrap();
+                    for f in c.ledger.frames_of(&pkt) {
+                        match f {
+                            SentFrame::ReliableRun { id, count } => ledger.extend(
+                                (id..id + u64::from(count)).map(|id| format!("{:?}", SentFrame::Reliable { id, frag: 0 })),
+                            ),
+                            f => ledger.push(format!("{f:?}")),
+                        }
+                    }
+                    msgs.extend(got);
+                    if !wrote {
+                        break;
+                    }
+                    packets += 1;
+                    prop_assert!(packets < 20_000);
+                }
+                drop(switch);
+                let (r, a) = (c.next_reliable(), c.next_amo());
+                let sent: Vec<_> = c.amo_out.iter().map(|m| m.as_ref().map(|m| m.sent)).collect();
+                let st: Vec<Option<Vec<bool>>> = sent_state(&c).into_iter().map(|m| m.map(|v| v.into_iter().map(|f| matches!(f, FragState::InFlight(_))).collect())).collect();
+                results.push((msgs, ledger, c.cursor, c.amo_cursor, r, a, sent, st, packets));
+            }
+            prop_assert_eq!(&results[0].0, &results[1].0);
+            prop_assert_eq!(&results[0].1, &results[1].1);
+            prop_assert_eq!(&results[0].2, &results[1].2);
+            prop_assert_eq!(&results[0].3, &results[1].3);
+            prop_assert_eq!(&results[0].4, &results[1].4);
+            prop_assert_eq!(&results[0].5, &results[1].5);
+            prop_assert_eq!(&results[0].6, &results[1].6);
+            prop_assert_eq!(&results[0].7, &results[1].7);
+            prop_assert!(results[0].8 <= results[1].8);
+        }
+    }
+
+    /// A gap (an at-most-once message with an outcome) ends an at-most-once run, and a run
+    /// stops at the window's end, leaving the cursor there.
+    #[test]
+    fn an_at_most_once_run_ends_at_a_gap_and_at_the_window_end() {
+        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+        let t0 = Instant::now();
+        let config = Arc::new(Config::default().amo_window(64));
+        let mut c = Connection::new(config, 1, 2, t0).unwrap();
+        for i in 0..70 {
+            let mut opts = SendOptions::new(Guarantee::AtMostOnce);
+            if i == 2 {
+                opts = opts.deadline(Duration::from_nanos(1));
+            }
+            c.send_message(t0, &[7; 10], opts).unwrap();
+        }
+        let now = t0 + Duration::from_millis(1);
+        c.expire_deadlines(now);
+        let mut buf = vec![0u8; 4000];
+        let mut runs = Vec::new();
+        while let Some(n) = c.poll_transmit(now, &mut buf) {
+            let (_, payload) = wire::open(&buf[..n], &wire::Crc32).unwrap();
+            for f in wire::frames(payload) {
+                match f.unwrap() {
+                    Frame::Message(m) => runs.push(vec![m.id]),
+                    Frame::Messages(b) => runs.push(b.messages().map(|m| m.id).collect()),
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(runs, [vec![0, 1], (3..64).collect::<Vec<u64>>()]);
+        assert_eq!(c.amo_cursor, (64, 0));
+        assert!(
+            c.amo_out
+                .iter()
+                .skip(64)
+                .all(|m| m.as_ref().unwrap().sent == 0)
+        );
     }
 }
