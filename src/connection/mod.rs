@@ -408,6 +408,7 @@ impl Connection {
     /// outcome event: [`Event::Delivered`] or [`Event::Undeliverable`].
     ///
     /// `options` is a [`Guarantee`](crate::Guarantee) or full [`SendOptions`].
+    #[inline]
     pub fn send(
         &mut self,
         now: Instant,
