@@ -246,6 +246,20 @@ fn bad_arguments_get_a_one_line_error_and_status_2() {
     }
 }
 
+/// Runs `inmem` with `args` (and `--ordered` if asked), which must succeed; returns its JSON
+/// fields and a context for assertion messages.
+fn inmem(args: &[&str], ordered: bool) -> (Vec<(String, String)>, String) {
+    let mut cmd = Command::new(example("inmem"));
+    cmd.args(args);
+    if ordered {
+        cmd.arg("--ordered");
+    }
+    let out = cmd.output().expect("run inmem");
+    let ctx = format!("{args:?} ordered {ordered}: {out:?}");
+    assert!(out.status.success(), "{ctx}");
+    (json(&out, &ctx), ctx)
+}
+
 #[test]
 fn inmem_runs_every_guarantee_unordered_and_ordered() {
     for (guarantee, ordered) in [
@@ -254,15 +268,7 @@ fn inmem_runs_every_guarantee_unordered_and_ordered() {
         ("at-least-once", true),
         ("at-most-once", false),
     ] {
-        let mut cmd = Command::new(example("inmem"));
-        cmd.args(["--messages", "3000", "--guarantee", guarantee]);
-        if ordered {
-            cmd.arg("--ordered");
-        }
-        let out = cmd.output().expect("run inmem");
-        let ctx = format!("{guarantee} ordered {ordered}: {out:?}");
-        assert!(out.status.success(), "{ctx}");
-        let j = json(&out, &ctx);
+        let (j, ctx) = inmem(&["--messages", "3000", "--guarantee", guarantee], ordered);
         assert_eq!(num(&j, "messages"), 3000.0, "{ctx}");
         assert_eq!(num(&j, "size"), 64.0, "{ctx}");
         assert_eq!(field(&j, "guarantee"), guarantee, "{ctx}");
@@ -286,22 +292,15 @@ fn inmem_with_loss_still_delivers_every_reliable_message() {
         ("at-least-once", false),
         ("at-most-once", false),
     ] {
-        let mut cmd = Command::new(example("inmem"));
-        cmd.args([
+        let args = [
             "--messages",
             "3000",
             "--guarantee",
             guarantee,
             "--loss",
             "0.1",
-        ]);
-        if ordered {
-            cmd.arg("--ordered");
-        }
-        let out = cmd.output().expect("run inmem");
-        let ctx = format!("{guarantee} ordered {ordered}: {out:?}");
-        assert!(out.status.success(), "{ctx}");
-        let j = json(&out, &ctx);
+        ];
+        let (j, ctx) = inmem(&args, ordered);
         assert_eq!(num(&j, "loss"), 0.1, "{ctx}");
         assert!(num(&j, "dropped") > 0.0, "{ctx}");
         if guarantee == "at-most-once" {
@@ -323,20 +322,15 @@ fn inmem_with_loss_still_delivers_every_reliable_message() {
 #[test]
 fn inmem_at_very_high_loss_ends_with_its_json_line() {
     for guarantee in ["exactly-once", "at-most-once"] {
-        let out = Command::new(example("inmem"))
-            .args([
-                "--messages",
-                "300",
-                "--guarantee",
-                guarantee,
-                "--loss",
-                "0.9",
-            ])
-            .output()
-            .expect("run inmem");
-        let ctx = format!("{guarantee}: {out:?}");
-        assert!(out.status.success(), "{ctx}");
-        let j = json(&out, &ctx);
+        let args = [
+            "--messages",
+            "300",
+            "--guarantee",
+            guarantee,
+            "--loss",
+            "0.9",
+        ];
+        let (j, ctx) = inmem(&args, false);
         assert!(num(&j, "delivered") <= 300.0, "{ctx}");
         assert!(num(&j, "dropped") > num(&j, "datagrams") / 2.0, "{ctx}");
     }

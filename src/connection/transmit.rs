@@ -901,14 +901,9 @@ mod tests {
         let mut w = Writer::new(&mut buf);
         assert!(c.write_new_reliable(pn, &mut w, None));
         let n = w.position();
-        let mut runs = Vec::new();
-        for f in wire::frames(&buf[..n]) {
-            match f.unwrap() {
-                Frame::Message(m) => runs.push(vec![m.id]),
-                Frame::Messages(b) => runs.push(b.messages().map(|m| m.id).collect()),
-                other => panic!("not a message: {other:?}"),
-            }
-        }
+        let runs = id_runs(&buf[..n]);
+        // Nothing but message frames.
+        assert_eq!(wire::frames(&buf[..n]).count(), runs.len());
         assert_eq!(
             runs,
             [
@@ -1045,23 +1040,35 @@ mod tests {
             let opts = SendOptions::new(Guarantee::AtMostOnce).channel(ch);
             c.send_message(t0, &vec![7; size], opts).unwrap();
         }
-        let mut buf = vec![0u8; 4000];
-        let mut runs = Vec::new();
-        while let Some(n) = c.poll_transmit(t0, &mut buf) {
-            let (_, payload) = wire::open(&buf[..n], &wire::Crc32).unwrap();
-            for f in wire::frames(payload) {
-                match f.unwrap() {
-                    Frame::Message(m) => runs.push(vec![m.id]),
-                    Frame::Messages(b) => runs.push(b.messages().map(|m| m.id).collect()),
-                    _ => {}
-                }
-            }
-        }
+        let runs = flushed_id_runs(&mut c, t0);
         assert_eq!(
             runs,
             [vec![0, 1, 2], vec![3, 4], vec![5], vec![5], vec![6]],
             "runs of ids per frame"
         );
+    }
+
+    /// The ids of each message frame in `frames` (a frame payload): one per MESSAGE frame,
+    /// the run of a MESSAGES frame; other frames are left out.
+    fn id_runs(frames: &[u8]) -> Vec<Vec<u64>> {
+        wire::frames(frames)
+            .filter_map(|f| match f.unwrap() {
+                Frame::Message(m) => Some(vec![m.id]),
+                Frame::Messages(b) => Some(b.messages().map(|m| m.id).collect()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// [`id_runs`] of every packet `c` sends at `now` until it has nothing more.
+    fn flushed_id_runs(c: &mut Connection, now: Instant) -> Vec<Vec<u64>> {
+        let mut buf = vec![0u8; 4000];
+        let mut runs = Vec::new();
+        while let Some(n) = c.poll_transmit(now, &mut buf) {
+            let (_, payload) = wire::open(&buf[..n], &wire::Crc32).unwrap();
+            runs.extend(id_runs(payload));
+        }
+        runs
     }
 
     /// Sets the one-frame-at-a-time switch while it lives (off again even if a test fails).
@@ -1329,18 +1336,7 @@ mod tests {
         }
         let now = t0 + Duration::from_millis(1);
         c.expire_deadlines(now);
-        let mut buf = vec![0u8; 4000];
-        let mut runs = Vec::new();
-        while let Some(n) = c.poll_transmit(now, &mut buf) {
-            let (_, payload) = wire::open(&buf[..n], &wire::Crc32).unwrap();
-            for f in wire::frames(payload) {
-                match f.unwrap() {
-                    Frame::Message(m) => runs.push(vec![m.id]),
-                    Frame::Messages(b) => runs.push(b.messages().map(|m| m.id).collect()),
-                    _ => {}
-                }
-            }
-        }
+        let runs = flushed_id_runs(&mut c, now);
         assert_eq!(runs, [vec![0, 1], (3..64).collect::<Vec<u64>>()]);
         assert_eq!(c.amo_cursor, (64, 0));
         assert!(
