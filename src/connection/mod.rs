@@ -169,6 +169,9 @@ pub struct Connection {
     first_rtt_sample: Option<Instant>,
     probes_pending: u8,
     ping_pending: bool,
+    /// When a packet that carried an ACK and asked for an acknowledgement was last sent: the
+    /// peer's acknowledgement of it lets this end stop reporting the ranges below.
+    last_ack_elicited: Option<Instant>,
     last_sent: Instant,
     last_received: Instant,
 
@@ -290,6 +293,7 @@ impl Connection {
             first_rtt_sample: None,
             probes_pending: 0,
             ping_pending: false,
+            last_ack_elicited: None,
             last_sent: now,
             last_received: now,
             out_base: first_id,

@@ -1378,3 +1378,75 @@ fn an_ack_frame_too_long_for_the_datagram_goes_out_with_its_highest_ranges() {
     assert_eq!(got, want);
     assert_eq!(got.len(), 32);
 }
+
+/// Ranges in the ACK frame of a datagram, and whether it carries a PING.
+fn ack_ranges_and_ping(datagram: &[u8]) -> (Option<usize>, bool) {
+    let (_, payload) = wire::open(datagram, &Crc32).unwrap();
+    let (mut ranges, mut ping) = (None, false);
+    for f in wire::frames(payload) {
+        match f.unwrap() {
+            Frame::Ack(a) => ranges = Some(a.range_count()),
+            Frame::Ping => ping = true,
+            _ => {}
+        }
+    }
+    (ranges, ping)
+}
+
+#[test]
+fn a_receiver_that_only_acknowledges_keeps_its_ack_frames_short() {
+    // At-most-once messages one way, every twentieth packet lost, 5 ms each way: the receiver
+    // sends nothing but ACKs. About once a round trip one of them carries a PING; the
+    // sender's acknowledgement of it lets the receiver stop reporting the gaps below, so its
+    // ACK frames do not grow to `max_ack_ranges`.
+    let start = t0();
+    let config = Arc::new(Config::default());
+    let mut a = Connection::new(config.clone(), 1, 2, start).unwrap();
+    let mut b = Connection::new(config, 2, 1, start).unwrap();
+    let delay = 5usize;
+    let rounds = 2_000usize;
+    // Datagrams in flight, by the round they arrive in.
+    let mut to_b: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
+    let mut to_a: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
+    let mut buf = [0u8; 1500];
+    let (mut sent, mut max_ranges, mut pings, mut delivered) = (0usize, 0usize, 0usize, 0usize);
+    for r in 0..rounds {
+        let now = start + Duration::from_millis(r as u64);
+        for d in std::mem::take(&mut to_b[r]) {
+            b.handle_datagram(now, &d).unwrap();
+        }
+        for d in std::mem::take(&mut to_a[r]) {
+            a.handle_datagram(now, &d).unwrap();
+        }
+        for c in [&mut a, &mut b] {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+        for _ in 0..4 {
+            a.send(now, &[7u8; 64], Guarantee::AtMostOnce).unwrap();
+        }
+        while let Some(n) = a.poll_transmit(now, &mut buf) {
+            sent += 1;
+            if sent % 20 != 0 {
+                to_b[r + delay].push(buf[..n].to_vec());
+            }
+        }
+        while let Some(n) = b.poll_transmit(now, &mut buf) {
+            let (ranges, ping) = ack_ranges_and_ping(&buf[..n]);
+            if r >= rounds / 2 {
+                max_ranges = max_ranges.max(ranges.unwrap_or(0));
+                pings += usize::from(ping);
+            }
+            to_a[r + delay].push(buf[..n].to_vec());
+        }
+        delivered += messages(&mut b).len();
+        while a.poll_event().is_some() {}
+    }
+    assert!(delivered > rounds * 4 * 3 / 4, "delivered {delivered}");
+    // The floor trails by a round trip or two: a handful of losses, not 64 ranges.
+    assert!(max_ranges <= 16, "ACK frames of up to {max_ranges} ranges");
+    // At most about one PING per 10 ms round trip over the last 1,000 rounds, and only while
+    // a gap is reported.
+    assert!((1..=110).contains(&pings), "{pings} PINGs");
+}

@@ -143,7 +143,9 @@ impl Connection {
         }
         if sends_data
             && !eliciting
-            && (self.ping_pending || self.probes_pending > 0)
+            && (self.ping_pending
+                || self.probes_pending > 0
+                || (ack_upto > 0 && self.ack_ranges_need_floor(now)))
             && Frame::Ping.emit(&mut w).is_ok()
         {
             carried_flags |= carried::PING;
@@ -158,6 +160,9 @@ impl Connection {
             self.rx.ack_due = false;
         }
         if eliciting {
+            if ack_upto > 0 {
+                self.last_ack_elicited = Some(now);
+            }
             self.ping_pending = false;
             self.probes_pending = self.probes_pending.saturating_sub(1);
             self.cc.on_packet_sent(now, total as u64);
@@ -225,6 +230,26 @@ impl Connection {
             |m| m.count,
         )
         .filter(|&(id, _)| id < end)
+    }
+
+    /// Whether an ACK-only packet should carry a PING so that the peer acknowledges it: the
+    /// ACK reports a gap, and no packet carrying an ACK has asked for an acknowledgement for a
+    /// round trip. A receiver that only acknowledges (at-most-once traffic one way) never
+    /// hears that its ACKs arrived, so after losses every ACK would report every gap up to
+    /// `max_ack_ranges`, and the peer would parse them all again each time. One PING per round
+    /// trip lets the report floor rise (RFC 9000 section 13.2.4).
+    fn ack_ranges_need_floor(&self, now: Instant) -> bool {
+        let floor = self.rx.ack_floor;
+        let gaps = self
+            .rx
+            .received
+            .iter()
+            .rev()
+            .nth(1)
+            .is_some_and(|r| r.end > floor);
+        gaps && self
+            .last_ack_elicited
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.rtt.smoothed())
     }
 
     fn write_ack(&mut self, now: Instant, w: &mut Writer<'_>) -> u64 {
