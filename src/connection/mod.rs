@@ -198,7 +198,7 @@ pub struct Connection {
 
     // ---- at-most-once messages we send ----
     amo_base: u64,
-    amo_out: VecDeque<Option<AmoOut>>,
+    amo_out: ring::Ring<AmoOut>,
     amo_cursor: (u64, u32),
     /// The AMO_FLOOR value the peer is known to have received.
     amo_floor_acked: u64,
@@ -307,7 +307,7 @@ impl Connection {
             forward_cursor: 0,
             chan_seq: Vec::new(),
             amo_base: first_id,
-            amo_out: VecDeque::new(),
+            amo_out: ring::Ring::new(),
             amo_cursor: (first_id, 0),
             amo_floor_acked: first_id,
             amo_floor_dirty: false,

@@ -1,4 +1,4 @@
-//! A ring of optional slots, for the reliable outbox: the part of `VecDeque<Option<T>>` the
+//! A ring of optional slots, for the reliable and at-most-once outboxes: the part of `VecDeque<Option<T>>` the
 //! connection uses, with a push that writes the new value straight into its slot (a
 //! `VecDeque` push is an out-of-line call that copies the value twice, and an outbox entry is
 //! about a hundred bytes). Grows by doubling, like `VecDeque`, and never shrinks.

@@ -240,7 +240,7 @@ impl Connection {
                 self.give_buffer(buf);
                 return Err(SendError::IdsExhausted);
             }
-            self.amo_out.push_back(Some(AmoOut {
+            self.amo_out.push_back(AmoOut {
                 payload: buf,
                 channel: opts.channel,
                 queued_at: now,
@@ -248,7 +248,7 @@ impl Connection {
                 count,
                 acked: 0,
                 sent: 0,
-            }));
+            });
             id
         };
         if let Some(d) = deadline {

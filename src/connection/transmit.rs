@@ -573,10 +573,7 @@ impl Connection {
         let amo = Guarantee::AtMostOnce;
         let mut wrote = false;
         let mut batch: Option<MessagesWriter<'a>> = None;
-        let mut slots = self
-            .amo_out
-            .range_mut(start.min(self.amo_out.len())..)
-            .peekable();
+        let mut slots = self.amo_out.range_mut(start).peekable();
         'slots: while let Some(slot) = slots.next() {
             let Some(msg) = slot else {
                 batch = None;
