@@ -164,6 +164,25 @@ impl DedupWindow {
         }
     }
 
+    /// Whether the ids `base + offset .. base + offset + n` (`offset + n <= capacity`) were
+    /// all not inserted: [`fill_run`](Self::fill_run) may then insert them.
+    #[inline]
+    pub(crate) fn is_vacant_run(&self, offset: usize, n: usize) -> bool {
+        debug_assert!(offset + n <= self.capacity());
+        self.count(offset, offset + n) == 0
+    }
+
+    /// Inserts the ids `base + offset .. base + offset + n`, which
+    /// [`is_vacant_run`](Self::is_vacant_run) found not inserted since the window last changed.
+    #[inline]
+    pub(crate) fn fill_run(&mut self, offset: usize, n: usize) {
+        debug_assert!(self.is_vacant_run(offset, n));
+        for seg in self.segments(offset, offset + n) {
+            self.words.view_bits_mut::<Lsb0>()[seg].fill(true);
+        }
+        self.ones += n;
+    }
+
     /// Forgets that `id` was inserted (it may then be inserted again). Ids below the base or
     /// beyond the window are left alone. Returns `true` if the id was set.
     pub fn remove(&mut self, id: u64) -> bool {
@@ -724,6 +743,45 @@ mod tests {
                     "capacity {capacity} step {step}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn vacant_runs_and_fill_run_match_check_and_insert() {
+        for capacity in [64, 128, 192] {
+            // Runs of up to 70 ids through is_vacant_run + fill_run on one copy, id by id
+            // through check + insert on the other, with advances that move the head around
+            // the ring, so runs cross its end and word boundaries.
+            let mut rng = Rng::new(11 + capacity as u64);
+            let mut fast = DedupWindow::new(1 << 40, capacity);
+            let mut slow = fast.clone();
+            let (mut filled, mut refused) = (0, 0);
+            for step in 0..5000 {
+                let n = 1 + rng.below(70.min(capacity as u64)) as usize;
+                let offset = rng.below((capacity - n) as u64 + 1) as usize;
+                let first = fast.base() + offset as u64;
+                let vacant = (first..first + n as u64).all(|id| slow.check(id).is_ok());
+                assert_eq!(fast.is_vacant_run(offset, n), vacant, "step {step}");
+                if vacant {
+                    fast.fill_run(offset, n);
+                    for id in first..first + n as u64 {
+                        assert_eq!(slow.insert(id), Ok(()));
+                    }
+                    filled += 1;
+                } else {
+                    refused += 1;
+                }
+                if rng.chance(0.3) {
+                    let to = fast.base() + rng.below(capacity as u64);
+                    assert_eq!(fast.advance_to(to), slow.advance_to(to));
+                }
+                assert_eq!(
+                    (fast.base, fast.head, fast.ones, &fast.words),
+                    (slow.base, slow.head, slow.ones, &slow.words),
+                    "capacity {capacity} step {step}"
+                );
+            }
+            assert!(filled > 500 && refused > 500, "{filled} {refused}");
         }
     }
 

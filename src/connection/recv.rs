@@ -68,9 +68,9 @@ fn fast_paths() -> bool {
 #[cfg(test)]
 thread_local! {
     /// Test counter: messages taken by each fast path (next in line unordered, next in line
-    /// ordered, at-most-once in the window, a MESSAGES run in line unordered, and ordered),
-    /// so that tests can show the fast paths ran.
-    pub(super) static FAST_PATH_HITS: std::cell::Cell<[u64; 5]> = const { std::cell::Cell::new([0; 5]) };
+    /// ordered, at-most-once in the window, a MESSAGES run in line unordered, and ordered,
+    /// an at-most-once MESSAGES run in the window), so that tests can show the fast paths ran.
+    pub(super) static FAST_PATH_HITS: std::cell::Cell<[u64; 6]> = const { std::cell::Cell::new([0; 6]) };
 }
 
 /// Counts a message taken by fast path `kind` (see `FAST_PATH_HITS`); nothing outside tests.
@@ -462,11 +462,12 @@ impl Connection {
     fn on_messages_frame(&mut self, now: Instant, b: &MessagesFrame<'_>) -> bool {
         let mut rest = b.messages();
         let id = b.first_id();
-        // In line means at the cumulative point, so within the window.
-        if b.guarantee().is_reliable()
-            && matches!(self.state, State::Established | State::Shutdown)
-            && self.is_next_in_line(id)
-        {
+        if !matches!(self.state, State::Established | State::Shutdown) {
+            // Every message is refused below, as alone.
+        } else if !b.guarantee().is_reliable() {
+            self.take_amo_run(b, &mut rest);
+        } else if self.is_next_in_line(id) {
+            // In line means at the cumulative point, so within the window.
             match b.first_seq() {
                 None => self.take_run_in_line::<false>(b, &mut rest),
                 Some(seq) if self.rx.is_next_alone(b.channel(), seq) => {
@@ -611,7 +612,40 @@ impl Connection {
         b: &MessagesFrame<'_>,
         rest: &mut MessagesIter<'_>,
     ) {
-        let (channel, guarantee) = (b.channel(), b.guarantee());
+        let channel = b.channel();
+        let start = rest.next_id();
+        // Acknowledge-on-receipt (the run is in line): no token.
+        let n = self.queue_run(
+            rest,
+            channel,
+            b.guarantee(),
+            ORDERED,
+            3 + usize::from(ORDERED),
+        );
+        if n == 0 {
+            return;
+        }
+        let end = start + n;
+        if ORDERED {
+            self.channel_mut(channel).pass_next_alone_run(n);
+        }
+        self.rx.seen.pass_empty_run(n);
+        self.rx.done.pass_empty_run(n);
+        self.completed_to(end);
+    }
+
+    /// Queues the messages of `rest` for the application, without tokens, until one finds no
+    /// room in the receive buffer, which stays in `rest` (for the general path, to be dropped
+    /// there); returns how many were queued. `kind`: the fast path counted in tests.
+    #[inline(always)]
+    fn queue_run(
+        &mut self,
+        rest: &mut MessagesIter<'_>,
+        channel: u8,
+        guarantee: Guarantee,
+        ordered: bool,
+        kind: usize,
+    ) -> u64 {
         let start = rest.next_id();
         // Walked on a copy, which can stay in registers; `rest` catches up at the end.
         let mut it = rest.clone();
@@ -637,21 +671,37 @@ impl Connection {
             }
             let mut buf = self.take_buffer(len);
             buf.extend_from_slice(payload);
-            count_fast_path(3 + usize::from(ORDERED));
-            // Acknowledge-on-receipt (the run is in line): no token.
-            self.queue_message(id, channel, guarantee, ORDERED, buf, None);
+            count_fast_path(kind);
+            self.queue_message(id, channel, guarantee, ordered, buf, None);
         }
-        let end = rest.next_id();
-        if end == start {
+        rest.next_id() - start
+    }
+
+    /// [`on_amo_in_window`](Self::on_amo_in_window) for the messages of an at-most-once
+    /// MESSAGES frame whose ids all lie in the window without moving it and none of which
+    /// arrived before: the window is checked and filled once for the run. Takes messages from
+    /// `rest` until one finds no room in the receive buffer, which stays in `rest` for the
+    /// general path (to be dropped there); a run that does not qualify stays whole in `rest`.
+    fn take_amo_run(&mut self, b: &MessagesFrame<'_>, rest: &mut MessagesIter<'_>) {
+        if !fast_paths() {
             return;
         }
-        let n = end - start;
-        if ORDERED {
-            self.channel_mut(channel).pass_next_alone_run(n);
+        let start = rest.next_id();
+        // Ids and the base stay below 2^62, so an id below the base wraps far above any window.
+        let offset = start.wrapping_sub(self.rx.amo.base());
+        let n = b.len() as u64;
+        if offset >= self.config.amo_window || n > self.config.amo_window - offset {
+            return;
         }
-        self.rx.seen.pass_empty_run(n);
-        self.rx.done.pass_empty_run(n);
-        self.completed_to(end);
+        // Below `amo_window`, which is at most the window's capacity: fits a usize.
+        let offset = offset as usize;
+        if !self.rx.amo.is_vacant_run(offset, n as usize) {
+            return;
+        }
+        let taken = self.queue_run(rest, b.channel(), Guarantee::AtMostOnce, false, 5);
+        if taken > 0 {
+            self.rx.amo.fill_run(offset, taken as usize);
+        }
     }
 
     /// The whole payload of a MESSAGE frame: copied into a pooled buffer, or, for a fragment,

@@ -763,6 +763,76 @@ fn a_messages_run_with_room_for_part_of_it_delivers_that_part_and_is_not_acknowl
 }
 
 #[test]
+fn an_at_most_once_run_with_room_for_part_of_it_matches_the_general_path() {
+    // Room for two queued 36-byte messages and a 4-byte one: of an at-most-once run of
+    // 36, 36, 80 and 4 bytes, the run's fast path takes the first two, the 80-byte one is
+    // dropped for want of room (so the packet is not acknowledged) and the 4-byte one still
+    // fits. A run whose ids arrived before, or that finds no room for its first message,
+    // goes message by message. The general path does exactly the same.
+    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    let now = t0();
+    let q = crate::limits::QUEUED_EVENT_COST;
+    let config = Config::default()
+        .max_message_size(100)
+        .max_fragments(2)
+        .recv_buffer_bytes(2 * (36 + q) + (4 + q));
+    let mut fast = conn(config.clone(), now);
+    let mut general = conn(config, now);
+    let g = Guarantee::AtMostOnce;
+    let run = |first: u64, sizes: &[usize]| {
+        let mut raw = vec![0u8; 512];
+        let mut w = wire::Writer::new(&mut raw);
+        let mut b =
+            wire::MessagesWriter::begin(&mut w, g, 0, first, None, &vec![first as u8; sizes[0]])
+                .unwrap();
+        for (i, &len) in sizes.iter().enumerate().skip(1) {
+            b.push(&mut w, &vec![first as u8 + i as u8; len]).unwrap();
+        }
+        let n = w.position();
+        raw.truncate(n);
+        raw
+    };
+    let hits = || FAST_PATH_HITS.with(std::cell::Cell::get)[5];
+    let before = hits();
+    let step = |pn: u32, frame: &[u8], fast: &mut Connection, general: &mut Connection| {
+        let d = datagram(pn, &[one_frame(frame)]);
+        fast.handle_datagram(now, &d).unwrap();
+        GENERAL_PATH_ONLY.with(|g| g.set(true));
+        general.handle_datagram(now, &d).unwrap();
+        GENERAL_PATH_ONLY.with(|g| g.set(false));
+        assert_eq!(receive_side(fast), receive_side(general), "packet {pn}");
+        fast.rx.received.contains(u64::from(pn))
+    };
+    let take = |fast: &mut Connection, general: &mut Connection| {
+        let mut got = Vec::new();
+        loop {
+            let (a, b) = (fast.poll_event(), general.poll_event());
+            assert_eq!(format!("{a:?}"), format!("{b:?}"));
+            match a {
+                Some(Event::Message(m)) => got.push(m.id.get()),
+                Some(other) => panic!("{other:?}"),
+                None => break,
+            }
+        }
+        got
+    };
+    assert!(!step(1, &run(0, &[36, 36, 80, 4]), &mut fast, &mut general));
+    assert_eq!(hits() - before, 2);
+    assert_eq!(take(&mut fast, &mut general), [0, 1, 3]);
+    // Ids 2 and 3 again: 3 arrived before, so message by message (2 is taken, 3 is a copy).
+    assert!(!step(2, &run(2, &[36, 36]), &mut fast, &mut general));
+    assert_eq!(hits() - before, 2);
+    assert_eq!(take(&mut fast, &mut general), [2]);
+    // A fresh run: taken whole, acknowledged.
+    assert!(step(3, &run(4, &[36, 36]), &mut fast, &mut general));
+    assert_eq!(hits() - before, 4);
+    // Not taken by the application: no room for the next run's first message.
+    assert!(!step(4, &run(6, &[36]), &mut fast, &mut general));
+    assert_eq!(hits() - before, 4);
+    assert_eq!(take(&mut fast, &mut general), [4, 5]);
+}
+
+#[test]
 fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
     // A sender's datagrams, lost, held back, reordered and copied at random, go to two
     // receivers: one takes the fast paths for messages in line, the other only the general
