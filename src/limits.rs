@@ -43,9 +43,10 @@ pub(crate) const SKIPPED_PNS_KEPT: usize = 16;
 /// What one pooled buffer counts against `pool_bytes` besides its capacity: its `Vec` in the
 /// pool and the allocator's overhead, so that many tiny buffers stay bounded too.
 pub const POOLED_BUFFER_COST: usize = 32;
-/// What one entry held back in an ordered channel (a message or a skip) counts against
-/// `recv_buffer_bytes` besides its payload, so that a peer cannot make the receiver hold
-/// unbounded bookkeeping with skips or empty messages.
+/// What one position held back in an ordered channel counts against `recv_buffer_bytes`
+/// besides the payload held there: every position from the channel's next one up to the
+/// highest held (a message, a skip, or a gap between them), so that a peer cannot make the
+/// receiver hold unbounded bookkeeping with skips, empty messages or positions far ahead.
 pub(crate) const HELD_ENTRY_COST: usize = 64;
 /// What one `Message` event waiting for the application counts against `recv_buffer_bytes`
 /// besides its payload, so that a peer cannot queue unbounded events with empty messages while

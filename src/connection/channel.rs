@@ -1,7 +1,7 @@
 //! Receive-side state of one ordered channel: the next position to deliver and the messages
 //! (or skips) that arrived ahead of it.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 use crate::limits::HELD_ENTRY_COST;
 use crate::message::Guarantee;
@@ -20,15 +20,26 @@ pub(super) enum Held {
 }
 
 /// One ordered channel.
+///
+/// What arrived ahead of `next` is held in a ring of slots, one per position from `next + 1`
+/// to the highest held (positions come consecutive from a sender, so after a loss the slots
+/// fill densely): holding and releasing are a slot write and a pop, with no allocation once
+/// the ring has grown. Every slot, empty or not, counts [`HELD_ENTRY_COST`] bytes besides the
+/// payloads, so a peer that sends one position far ahead pays for the span; the ring's
+/// capacity is kept within four times its length (or 64 slots).
 #[derive(Debug, Default)]
 pub(super) struct OrderedChannel {
     next: u64,
-    held: BTreeMap<u64, Held>,
+    /// Slot `i` holds position `next + 1 + i`; the last slot is never empty.
+    held: VecDeque<Option<Held>>,
     held_bytes: usize,
 }
 
+/// Ring slots kept however short the ring gets.
+const MIN_SLOTS: usize = 64;
+
 impl OrderedChannel {
-    /// Bytes held back: payloads plus [`HELD_ENTRY_COST`] per entry.
+    /// Bytes held back: payloads plus [`HELD_ENTRY_COST`] per slot.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
     }
@@ -66,44 +77,70 @@ impl OrderedChannel {
         self.next += n;
     }
 
+    /// The bytes [`held_bytes`](Self::held_bytes) would grow by if `item` were held at `seq`
+    /// (`seq > next`, not held yet): its payload, and the slots the ring grows by.
+    pub fn hold_cost(&self, seq: u64, item: &Held) -> usize {
+        let slots = usize::try_from(seq - self.next).unwrap_or(usize::MAX);
+        let added = slots.saturating_sub(self.held.len());
+        added
+            .saturating_mul(HELD_ENTRY_COST)
+            .saturating_add(payload_len(item))
+    }
+
     /// Offers position `seq`. Calls `deliver` for every message that is now in order (this one
     /// first if it is next), and holds it otherwise. Returns `false` if `seq` was already
-    /// passed or is already held (nothing changed).
+    /// passed or is already held (nothing changed). The caller bounds `seq - next` (the
+    /// window) and admits [`hold_cost`](Self::hold_cost).
     pub fn offer(&mut self, seq: u64, item: Held, mut deliver: impl FnMut(Held)) -> bool {
-        if seq < self.next || self.held.contains_key(&seq) {
+        if seq < self.next {
             return false;
         }
         if seq > self.next {
-            self.held_bytes += cost(&item);
-            self.held.insert(seq, item);
+            let Ok(i) = usize::try_from(seq - self.next - 1) else {
+                return false;
+            };
+            if i >= self.held.len() {
+                let added = i + 1 - self.held.len();
+                self.held.resize_with(i + 1, || None);
+                self.held_bytes += added * HELD_ENTRY_COST;
+            }
+            let slot = &mut self.held[i];
+            if slot.is_some() {
+                return false;
+            }
+            self.held_bytes += payload_len(&item);
+            *slot = Some(item);
             return true;
         }
         self.next += 1;
         if matches!(item, Held::Message { .. }) {
             deliver(item);
         }
-        while let Some(entry) = self.held.first_entry() {
-            if *entry.key() != self.next {
+        // Each step of `next` takes the front slot: its position is now `next`.
+        while let Some(front) = self.held.pop_front() {
+            self.held_bytes -= HELD_ENTRY_COST;
+            let Some(item) = front else {
                 break;
-            }
-            let item = entry.remove();
+            };
             self.next += 1;
-            self.held_bytes -= cost(&item);
+            self.held_bytes -= payload_len(&item);
             if matches!(item, Held::Message { .. }) {
                 deliver(item);
             }
+        }
+        if self.held.capacity() > MIN_SLOTS && self.held.len() * 4 < self.held.capacity() {
+            self.held.shrink_to((self.held.len() * 2).max(MIN_SLOTS));
         }
         true
     }
 }
 
-/// Receive-buffer bytes an entry accounts for while held.
-pub(super) fn cost(item: &Held) -> usize {
-    HELD_ENTRY_COST
-        + match item {
-            Held::Message { payload, .. } => payload.len(),
-            Held::Skip => 0,
-        }
+/// Payload bytes of a held entry.
+fn payload_len(item: &Held) -> usize {
+    match item {
+        Held::Message { payload, .. } => payload.len(),
+        Held::Skip => 0,
+    }
 }
 
 #[cfg(test)]
@@ -144,5 +181,68 @@ mod tests {
         assert!(!ch.offer(4, msg(14), |h| out.push(h)), "already held");
         assert!(ch.offer(3, msg(13), |h| out.push(h)));
         assert_eq!(ids(&out), vec![10, 12, 13, 14]);
+    }
+
+    /// Random offers around the next position agree with a model that holds entries in a
+    /// map: the same results and deliveries; the held bytes count every position up to the
+    /// highest held; the ring's capacity stays within four times its length.
+    #[test]
+    fn matches_a_map_of_held_positions() {
+        use std::collections::BTreeMap;
+        let mut rng = crate::rng::Rng::new(9);
+        let mut ch = OrderedChannel::default();
+        let (mut next, mut model) = (0u64, BTreeMap::<u64, Option<u64>>::new());
+        let (mut out, mut expected) = (Vec::new(), Vec::new());
+        let mut far = 0;
+        for step in 0..20_000u64 {
+            // Mostly near the front, now and then far ahead (up to 300 positions).
+            let ahead = if rng.chance(0.02) {
+                rng.below(300)
+            } else {
+                rng.below(12)
+            };
+            let seq = (next + ahead).saturating_sub(2);
+            let skip = rng.chance(0.1);
+            let item = if skip { Held::Skip } else { msg(step) };
+            let predicted = (seq > ch.next()).then(|| ch.hold_cost(seq, &item));
+            let before = ch.held_bytes();
+            let fresh = seq >= next && !model.contains_key(&seq);
+            assert_eq!(ch.offer(seq, item, |h| out.push(h)), fresh, "step {step}");
+            if fresh && seq > next {
+                model.insert(seq, (!skip).then_some(step));
+                assert_eq!(Some(ch.held_bytes() - before), predicted, "step {step}");
+                far = far.max(seq - next);
+            } else if fresh {
+                if !skip {
+                    expected.push(step);
+                }
+                next += 1;
+                while let Some(held) = model.remove(&next) {
+                    expected.extend(held);
+                    next += 1;
+                }
+            }
+            assert_eq!(ch.next(), next, "step {step}");
+            assert_eq!(ids(&out), expected, "step {step}");
+            let span = model.last_key_value().map_or(0, |(&k, _)| k - next) as usize;
+            let payloads = model.values().flatten().count() * 3;
+            assert_eq!(
+                ch.held_bytes(),
+                span * HELD_ENTRY_COST + payloads,
+                "step {step}"
+            );
+            assert_eq!(ch.is_next_alone(next), model.is_empty(), "step {step}");
+            assert!(
+                ch.held.capacity() <= (4 * ch.held.len()).max(MIN_SLOTS * 4),
+                "step {step}: capacity {} length {}",
+                ch.held.capacity(),
+                ch.held.len()
+            );
+        }
+        assert!(
+            far > 200 && expected.len() > 5_000,
+            "{far} {}",
+            expected.len()
+        );
     }
 }
