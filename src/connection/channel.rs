@@ -77,14 +77,29 @@ impl OrderedChannel {
         self.next += n;
     }
 
-    /// The bytes [`held_bytes`](Self::held_bytes) would grow by if `item` were held at `seq`
-    /// (`seq > next`, not held yet): its payload, and the slots the ring grows by.
-    pub fn hold_cost(&self, seq: u64, item: &Held) -> usize {
-        let slots = usize::try_from(seq - self.next).unwrap_or(usize::MAX);
+    /// The bytes [`held_bytes`](Self::held_bytes) would grow by if an entry with `len` bytes
+    /// of payload were held at `seq` (`seq > next`, not held yet): its payload, and the slots
+    /// the ring grows by.
+    pub fn hold_cost(&self, seq: u64, len: usize) -> usize {
+        let slots = usize::try_from(seq.saturating_sub(self.next)).unwrap_or(usize::MAX);
         let added = slots.saturating_sub(self.held.len());
-        added
-            .saturating_mul(HELD_ENTRY_COST)
-            .saturating_add(payload_len(item))
+        added.saturating_mul(HELD_ENTRY_COST).saturating_add(len)
+    }
+
+    /// Whether the positions `seq..seq + n` are all ahead of the next one and none is held:
+    /// [`offer`](Self::offer) would hold each of them.
+    pub fn is_vacant_run(&self, seq: u64, n: u64) -> bool {
+        if seq <= self.next {
+            return false;
+        }
+        let first = seq - self.next - 1;
+        let held = self.held.len() as u64;
+        (first..held.min(first.saturating_add(n))).all(|i| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| self.held.get(i))
+                .is_some_and(Option::is_none)
+        })
     }
 
     /// Offers position `seq`. Calls `deliver` for every message that is now in order (this one
@@ -99,10 +114,15 @@ impl OrderedChannel {
             let Ok(i) = usize::try_from(seq - self.next - 1) else {
                 return false;
             };
-            if i >= self.held.len() {
-                let added = i + 1 - self.held.len();
-                self.held.resize_with(i + 1, || None);
-                self.held_bytes += added * HELD_ENTRY_COST;
+            let len = self.held.len();
+            if i >= len {
+                // Past the last slot (usually the very next one, after a loss).
+                self.held_bytes += (i + 1 - len) * HELD_ENTRY_COST + payload_len(&item);
+                if i > len {
+                    self.held.resize_with(i, || None);
+                }
+                self.held.push_back(Some(item));
+                return true;
             }
             let slot = &mut self.held[i];
             if slot.is_some() {
@@ -136,7 +156,7 @@ impl OrderedChannel {
 }
 
 /// Payload bytes of a held entry.
-fn payload_len(item: &Held) -> usize {
+pub(super) fn payload_len(item: &Held) -> usize {
     match item {
         Held::Message { payload, .. } => payload.len(),
         Held::Skip => 0,
@@ -204,7 +224,7 @@ mod tests {
             let seq = (next + ahead).saturating_sub(2);
             let skip = rng.chance(0.1);
             let item = if skip { Held::Skip } else { msg(step) };
-            let predicted = (seq > ch.next()).then(|| ch.hold_cost(seq, &item));
+            let predicted = (seq > ch.next()).then(|| ch.hold_cost(seq, payload_len(&item)));
             let before = ch.held_bytes();
             let fresh = seq >= next && !model.contains_key(&seq);
             assert_eq!(ch.offer(seq, item, |h| out.push(h)), fresh, "step {step}");

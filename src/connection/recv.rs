@@ -69,8 +69,10 @@ fn fast_paths() -> bool {
 thread_local! {
     /// Test counter: messages taken by each fast path (next in line unordered, next in line
     /// ordered, at-most-once in the window, a MESSAGES run in line unordered, and ordered,
-    /// an at-most-once MESSAGES run in the window), so that tests can show the fast paths ran.
-    pub(super) static FAST_PATH_HITS: std::cell::Cell<[u64; 6]> = const { std::cell::Cell::new([0; 6]) };
+    /// an at-most-once MESSAGES run in the window, a MESSAGES run ahead of the cumulative
+    /// point unordered, and held back in its channel), so that tests can show the fast paths
+    /// ran.
+    pub(super) static FAST_PATH_HITS: std::cell::Cell<[u64; 8]> = const { std::cell::Cell::new([0; 8]) };
 }
 
 /// Counts a message taken by fast path `kind` (see `FAST_PATH_HITS`); nothing outside tests.
@@ -175,7 +177,8 @@ impl RecvState {
         if !limits.in_window(seq, ch.next()) {
             return Err("channel sequence number beyond the window");
         }
-        if seq > ch.next() && !limits.admit_recv_bytes(buffered, ch.hold_cost(seq, &item)) {
+        let len = super::channel::payload_len(&item);
+        if seq > ch.next() && !limits.admit_recv_bytes(buffered, ch.hold_cost(seq, len)) {
             return Ok(false);
         }
         let before = ch.held_bytes();
@@ -198,6 +201,14 @@ impl RecvState {
             .get(channel as usize)
             .and_then(Option::as_deref)
             .is_some_and(|ch| ch.is_next_alone(seq))
+    }
+}
+
+/// Moves `rest`, still at the first message of a run, past the `taken` messages a fast path
+/// took, to the one it could not take (which the general path then gets).
+fn skip_taken(rest: &mut MessagesIter<'_>, taken: u64) {
+    if let Some(n) = usize::try_from(taken).ok().and_then(|n| n.checked_sub(1)) {
+        rest.nth(n);
     }
 }
 
@@ -473,8 +484,10 @@ impl Connection {
                 Some(seq) if self.rx.is_next_alone(b.channel(), seq) => {
                     self.take_run_in_line::<true>(b, &mut rest);
                 }
-                Some(_) => {}
+                Some(_) => self.take_run_ahead(now, b, &mut rest),
             }
+        } else {
+            self.take_run_ahead(now, b, &mut rest);
         }
         let mut accepted = true;
         for m in rest {
@@ -634,6 +647,117 @@ impl Connection {
         self.completed_to(end);
     }
 
+    /// The general path for the messages of a reliable MESSAGES frame that is not in line
+    /// (after a loss, or a copy), made once for the run when every id is new and within the
+    /// window and no rejection is pending: unordered, each one is handed over and completes
+    /// (acknowledge-on-receipt mode only); ordered, each one is held back in its channel, whose
+    /// positions must all lie ahead of the next one, free and within the window. The windows
+    /// (and the cumulative point) then move once for the run. Takes messages from `rest` until
+    /// one finds no room in the receive buffer, which stays in `rest` for the general path (to
+    /// be dropped there); a run that does not qualify stays whole in `rest`.
+    fn take_run_ahead(&mut self, now: Instant, b: &MessagesFrame<'_>, rest: &mut MessagesIter<'_>) {
+        let ordered = b.first_seq();
+        if !fast_paths()
+            || !self.rx.rejects.is_empty()
+            || (ordered.is_none() && self.config.ack_mode != AckMode::OnReceipt)
+        {
+            return;
+        }
+        let (start, n) = (rest.next_id(), b.len() as u64);
+        let (done_base, seen_base) = (self.rx.done.base(), self.rx.seen.base());
+        // `start + n - 1` is a varint (the frame was validated): no overflow.
+        if start < done_base
+            || start < seen_base
+            || !self.limits.in_window(start + n - 1, done_base)
+        {
+            return;
+        }
+        // Within the window, which each dedup window holds whole from the done window's base:
+        // the offsets and the length fit a usize.
+        let (at_done, at_seen, len) = (
+            (start - done_base) as usize,
+            (start - seen_base) as usize,
+            n as usize,
+        );
+        if at_seen + len > self.rx.seen.capacity()
+            || at_done + len > self.rx.done.capacity()
+            || !self.rx.done.is_vacant_run(at_done, len)
+            || !self.rx.seen.is_vacant_run(at_seen, len)
+        {
+            return;
+        }
+        let (channel, guarantee) = (b.channel(), b.guarantee());
+        if let Some(seq) = ordered {
+            let ch = channel_slot(&mut self.rx.channels, channel);
+            // `seq + n - 1` is a varint too.
+            if !self.limits.in_window(seq + n - 1, ch.next()) || !ch.is_vacant_run(seq, n) {
+                return;
+            }
+        }
+        // Asked before the run changes anything: the general path asks for each message before
+        // inserting it, and only the last one's successor can have arrived already.
+        let repaired = self.rx.seen.contains(start + n);
+        let mut ready = std::mem::take(&mut self.held_scratch);
+        let mut it = rest.clone();
+        loop {
+            let id = it.next_id();
+            let Some(payload) = it.next_payload() else {
+                *rest = it;
+                break;
+            };
+            let len = payload.len();
+            let buffered = self.rx.buffered_bytes();
+            let seq = ordered.map(|s| s + (id - start));
+            // Exactly the general path's two checks: room to take the payload, and to hold it.
+            let room = self
+                .limits
+                .admit_recv_bytes(buffered, len + QUEUED_EVENT_COST)
+                && seq.is_none_or(|seq| {
+                    let cost = channel_slot(&mut self.rx.channels, channel).hold_cost(seq, len);
+                    self.limits.admit_recv_bytes(buffered, cost)
+                });
+            if !room {
+                skip_taken(rest, id - start);
+                break;
+            }
+            let mut buf = self.take_buffer(len);
+            buf.extend_from_slice(payload);
+            match seq {
+                None => {
+                    count_fast_path(6);
+                    self.queue_message(id, channel, guarantee, false, buf, None);
+                }
+                Some(seq) => {
+                    count_fast_path(7);
+                    let item = Held::Message {
+                        id,
+                        guarantee,
+                        payload: buf,
+                    };
+                    let held = self.rx.offer(channel, seq, item, &mut ready, &self.limits);
+                    debug_assert_eq!(held, Ok(true));
+                    debug_assert!(ready.is_empty());
+                }
+            }
+        }
+        self.held_scratch = ready;
+        let taken = (rest.next_id() - start) as usize;
+        if taken == 0 {
+            return;
+        }
+        if taken == len && repaired {
+            self.schedule_ack(now, true);
+        }
+        self.rx.seen.fill_run(at_seen, taken);
+        if ordered.is_none() {
+            // As `mark_complete` for each, with the windows moved once.
+            self.rx.done.fill_run(at_done, taken);
+            let cum = self.rx.done.advance_contiguous();
+            self.rx.seen.advance_to(cum);
+            self.completed_to(cum);
+        }
+    }
+
     /// Queues the messages of `rest` for the application, without tokens, until one finds no
     /// room in the receive buffer, which stays in `rest` (for the general path, to be dropped
     /// there); returns how many were queued. `kind`: the fast path counted in tests.
@@ -660,13 +784,8 @@ impl Connection {
                 .limits
                 .admit_recv_bytes(self.rx.buffered_bytes(), len + QUEUED_EVENT_COST)
             {
-                // Rare: `rest` skips the messages taken, and keeps this one.
-                if let Some(taken) = usize::try_from(id - start)
-                    .ok()
-                    .and_then(|n| n.checked_sub(1))
-                {
-                    rest.nth(taken);
-                }
+                // Rare.
+                skip_taken(rest, id - start);
                 break;
             }
             let mut buf = self.take_buffer(len);
@@ -800,7 +919,14 @@ impl Connection {
 
     /// Hands over the messages an ordered channel released, in order, and returns the scratch
     /// vector for reuse.
+    ///
+    /// Each one handed over completes (acknowledge-on-receipt mode) as
+    /// [`mark_complete`](Self::mark_complete) would make it, with the windows and the
+    /// cumulative point moved once for them all: the same end state, since the completions
+    /// only add ids and the moves only go forward.
     fn hand_over_in_order(&mut self, channel: u8, mut ready: Vec<Held>) {
+        let on_receipt = self.config.ack_mode == AckMode::OnReceipt;
+        let mut completed = false;
         for h in ready.drain(..) {
             if let Held::Message {
                 id,
@@ -808,8 +934,14 @@ impl Connection {
                 payload,
             } = h
             {
-                self.hand_over(id, channel, guarantee, true, payload, true);
+                self.hand_over(id, channel, guarantee, true, payload, false);
+                completed |= on_receipt && self.rx.done.insert(id).is_ok();
             }
+        }
+        if completed {
+            let cum = self.rx.done.advance_contiguous();
+            self.rx.seen.advance_to(cum);
+            self.completed_to(cum);
         }
         self.held_scratch = ready;
     }

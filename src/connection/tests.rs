@@ -833,6 +833,89 @@ fn an_at_most_once_run_with_room_for_part_of_it_matches_the_general_path() {
 }
 
 #[test]
+fn a_run_ahead_of_the_cumulative_point_matches_the_general_path() {
+    // Reliable ids 0..5 lost. A run 5..10 arrives ahead of the cumulative point, after id 10,
+    // so its last message repairs a reordering and is acknowledged at once; or after a
+    // FORWARD that abandoned id 7, which is then never delivered (and the run goes message
+    // by message). Unordered and ordered (held back in channel 1, positions equal to the ids),
+    // the run's fast path leaves what the general path leaves.
+    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    for (ordered, abandon) in [(false, false), (false, true), (true, false), (true, true)] {
+        let ctx = format!("ordered {ordered}, abandon {abandon}");
+        let now = t0();
+        let mut fast = conn(Config::default(), now);
+        let mut general = conn(Config::default(), now);
+        let g = Guarantee::ExactlyOnce;
+        let seq = |id: u64| ordered.then_some(id);
+        let mut raw = [0u8; 512];
+        let mut w = wire::Writer::new(&mut raw);
+        let mut run = wire::MessagesWriter::begin(&mut w, g, 1, 5, seq(5), &[5; 8]).unwrap();
+        for id in 6..10u8 {
+            run.push(&mut w, &[id; 8]).unwrap();
+        }
+        let n = w.position();
+        let mut fw = [0u8; 64];
+        let mut w = wire::Writer::new(&mut fw);
+        let entry = wire::ForwardEntry {
+            id: 7,
+            ordered: seq(7).map(|s| (1, s)),
+        };
+        wire::emit_forward(&mut w, &[entry]).unwrap();
+        let fwn = w.position();
+        let ten = Frame::Message(MessageFrame {
+            guarantee: g,
+            channel: 1,
+            id: 10,
+            chan_seq: seq(10),
+            fragment: None,
+            payload: &[10; 8],
+        });
+        let first = if abandon {
+            datagram(0, &[one_frame(&fw[..fwn])])
+        } else {
+            datagram(0, &[ten])
+        };
+        let packets = [first, datagram(1, &[one_frame(&raw[..n])])];
+        let hits = || FAST_PATH_HITS.with(std::cell::Cell::get)[6 + usize::from(ordered)];
+        let before = hits();
+        let mut buf = [0u8; 1500];
+        for (pn, d) in packets.iter().enumerate() {
+            fast.handle_datagram(now, d).unwrap();
+            GENERAL_PATH_ONLY.with(|g| g.set(true));
+            general.handle_datagram(now, d).unwrap();
+            GENERAL_PATH_ONLY.with(|g| g.set(false));
+            assert_eq!(
+                receive_side(&fast),
+                receive_side(&general),
+                "{ctx}, packet {pn}"
+            );
+            if pn == 0 {
+                // The first packet's acknowledgement goes out after the ack delay, so that
+                // only a repair can make the second one's due at once.
+                let due = fast.poll_timeout().unwrap();
+                for c in [&mut fast, &mut general] {
+                    c.handle_timeout(due);
+                    while c.poll_transmit(due, &mut buf).is_some() {}
+                    assert!(!c.rx.ack_due, "{ctx}");
+                }
+            }
+        }
+        assert_eq!(hits() - before, if abandon { 0 } else { 5 }, "{ctx}");
+        assert_eq!(fast.rx.ack_due, !abandon, "{ctx}");
+        let got = messages(&mut fast);
+        assert_eq!(got, messages(&mut general), "{ctx}");
+        let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+        // Ordered, everything waits for positions 0..5.
+        let expected: &[u64] = match (ordered, abandon) {
+            (true, _) => &[],
+            (false, true) => &[5, 6, 8, 9],
+            (false, false) => &[10, 5, 6, 7, 8, 9],
+        };
+        assert_eq!(ids, expected, "{ctx}");
+    }
+}
+
+#[test]
 fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
     // A sender's datagrams, lost, held back, reordered and copied at random, go to two
     // receivers: one takes the fast paths for messages in line, the other only the general
@@ -962,9 +1045,10 @@ fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
         }
     }
     assert!(in_line > 3000, "{in_line}");
+    // Runs ahead of the cumulative point need a loss inside a burst: fewer of them.
     let hits = super::recv::FAST_PATH_HITS.with(std::cell::Cell::get);
     assert!(
-        hits.iter().all(|&h| h > 100),
+        hits.iter().all(|&h| h > 50),
         "a fast path hardly ran: {hits:?}"
     );
 }
