@@ -730,6 +730,12 @@ impl Connection {
             }
         }
         self.frame_scratch = frames;
+        if pkt.ack_upto > self.rx.ack_floor {
+            // Its ACK may have been the one the peer was to acknowledge (an ACK-only packet
+            // with a PING): the next packet, a probe included, carries one again, or a floor
+            // stuck below old gaps would keep every later ACK asking.
+            self.rx.ack_pending = true;
+        }
         let c = pkt.carried;
         if c & carried::MSG_ACK != 0 {
             self.rx.msg_ack_dirty = true;

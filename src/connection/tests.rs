@@ -1564,6 +1564,7 @@ fn a_receiver_that_only_acknowledges_keeps_its_ack_frames_short() {
     let mut to_a: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
     let mut buf = [0u8; 1500];
     let (mut sent, mut max_ranges, mut pings, mut delivered) = (0usize, 0usize, 0usize, 0usize);
+    let (mut last_ping, mut min_gap) = (None, usize::MAX);
     for r in 0..rounds {
         let now = start + Duration::from_millis(r as u64);
         for d in std::mem::take(&mut to_b[r]) {
@@ -1588,6 +1589,12 @@ fn a_receiver_that_only_acknowledges_keeps_its_ack_frames_short() {
         }
         while let Some(n) = b.poll_transmit(now, &mut buf) {
             let (ranges, ping) = ack_ranges_and_ping(&buf[..n]);
+            if ping {
+                if let Some(last) = last_ping {
+                    min_gap = min_gap.min(r - last);
+                }
+                last_ping = Some(r);
+            }
             if r >= rounds / 2 {
                 max_ranges = max_ranges.max(ranges.unwrap_or(0));
                 pings += usize::from(ping);
@@ -1603,4 +1610,163 @@ fn a_receiver_that_only_acknowledges_keeps_its_ack_frames_short() {
     // At most about one PING per 10 ms round trip over the last 1,000 rounds, and only while
     // a gap is reported.
     assert!((1..=110).contains(&pings), "{pings} PINGs");
+    // Never two within a round trip (10 ms, and the smoothed RTT is at least that).
+    assert!(min_gap >= 10, "PINGs {min_gap} ms apart");
+}
+
+#[test]
+fn idle_peers_after_losses_settle_to_keepalives() {
+    // Both ends send at-most-once messages for a second, then fall idle; a quarter of all
+    // packets are lost (every fourth, or at random), 10 ms each way. ACKs that report gaps
+    // carry PINGs, and a lost one makes the next packet (a probe) carry an ACK again, so the
+    // report floors rise and the exchange dies down to keepalives. (A probe without an ACK
+    // once kept two idle peers trading about 90 packets a second with the every-fourth
+    // pattern.)
+    for (random, seed) in [(false, 0), (true, 1), (true, 2)] {
+        let mut rng = crate::rng::Rng::new(seed);
+        let start = t0();
+        let config = Arc::new(Config::default());
+        let mut a = Connection::new(config.clone(), 1, 2, start).unwrap();
+        let mut b = Connection::new(config, 2, 1, start).unwrap();
+        let (delay, rounds) = (10usize, 30_000usize);
+        let mut to_b: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
+        let mut to_a: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
+        let mut buf = [0u8; 1500];
+        let (mut sent, mut late) = (0usize, 0usize);
+        for r in 0..rounds {
+            let now = start + Duration::from_millis(r as u64);
+            for d in std::mem::take(&mut to_b[r]) {
+                b.handle_datagram(now, &d).unwrap();
+            }
+            for d in std::mem::take(&mut to_a[r]) {
+                a.handle_datagram(now, &d).unwrap();
+            }
+            for c in [&mut a, &mut b] {
+                if c.poll_timeout().is_some_and(|t| t <= now) {
+                    c.handle_timeout(now);
+                }
+            }
+            if r < 1000 {
+                for _ in 0..3 {
+                    a.send(now, &[7u8; 64], Guarantee::AtMostOnce).unwrap();
+                    b.send(now, &[8u8; 64], Guarantee::AtMostOnce).unwrap();
+                }
+            }
+            for (c, q) in [(&mut a, &mut to_b), (&mut b, &mut to_a)] {
+                while let Some(n) = c.poll_transmit(now, &mut buf) {
+                    sent += 1;
+                    late += usize::from(r >= 20_000);
+                    let lost = if random {
+                        rng.below(4) == 0
+                    } else {
+                        sent % 4 == 0
+                    };
+                    if !lost {
+                        q[r + delay].push(buf[..n].to_vec());
+                    }
+                }
+            }
+            while a.poll_event().is_some() {}
+            while b.poll_event().is_some() {}
+        }
+        // Keepalives (one a second each way) and what their losses bring: well under the
+        // 900 or so of the loop.
+        assert!(
+            late < 250,
+            "random {random}: {late} packets in the last 10 s"
+        );
+    }
+}
+
+#[test]
+fn hostile_at_most_once_runs_match_the_general_path() {
+    // At-most-once MESSAGES runs from a peer that sends what an honest one never does: runs
+    // that cross the window's end or start beyond it or below its base, long runs, floors
+    // near 2^62, a receive buffer too small for a run. The run's fast path and the general
+    // path must leave the same results, state and events.
+    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    let g = Guarantee::AtMostOnce;
+    let mut rng = crate::rng::Rng::new(42);
+    let mut fast_hits = 0u64;
+    for seed in 0..40u64 {
+        let now = t0();
+        let window = [64u64, 77, 100, 128, 200][seed as usize % 5];
+        let mut config = Config::default().amo_window(window);
+        if seed % 3 == 1 {
+            config = config
+                .max_message_size(200)
+                .max_fragments(2)
+                .recv_buffer_bytes(600);
+        }
+        let mut fast = conn(config.clone(), now);
+        let mut general = conn(config, now);
+        let mut base_guess = 0u64;
+        for pn in 1..400u32 {
+            let mut raw = vec![0u8; 1600];
+            let mut w = wire::Writer::new(&mut raw);
+            let k = rng.below(10);
+            if k == 0 {
+                let floor = if rng.chance(0.1) {
+                    (1u64 << 62) - 1 - rng.below(300)
+                } else {
+                    base_guess + rng.below(window)
+                };
+                Frame::AmoFloor {
+                    floor: floor.min((1u64 << 62) - 1),
+                }
+                .emit(&mut w)
+                .unwrap();
+                base_guess = base_guess.max(floor.min((1u64 << 62) - 1));
+            } else {
+                let count = if rng.chance(0.1) {
+                    60 + rng.below(200)
+                } else {
+                    1 + rng.below(8)
+                };
+                let first = base_guess
+                    .saturating_add(rng.below(2 * window + 20))
+                    .saturating_sub(rng.below(window / 2 + 10));
+                let first = first.min((1u64 << 62) - count);
+                let len = |i: u64| (i.wrapping_mul(7) % 30) as usize;
+                let mut b = wire::MessagesWriter::begin(
+                    &mut w,
+                    g,
+                    rng.below(3) as u8,
+                    first,
+                    None,
+                    &vec![1u8; len(first)],
+                )
+                .unwrap();
+                for i in 1..count.min(63) {
+                    if b.push(&mut w, &vec![2u8; len(first + i)]).is_err() {
+                        break;
+                    }
+                }
+            }
+            let n = w.position();
+            raw.truncate(n);
+            let frames: Vec<Frame<'_>> = wire::frames(&raw).map(|f| f.unwrap()).collect();
+            let d = datagram(pn, &frames);
+            let before = FAST_PATH_HITS.with(std::cell::Cell::get)[5];
+            let a = fast.handle_datagram(now, &d);
+            fast_hits += FAST_PATH_HITS.with(std::cell::Cell::get)[5] - before;
+            GENERAL_PATH_ONLY.with(|x| x.set(true));
+            let b = general.handle_datagram(now, &d);
+            GENERAL_PATH_ONLY.with(|x| x.set(false));
+            let ctx = format!("seed {seed} pn {pn} {frames:?}");
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
+            assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
+            base_guess = base_guess.max(fast.rx.amo.base());
+            if rng.chance(0.7) {
+                loop {
+                    let (x, y) = (fast.poll_event(), general.poll_event());
+                    assert_eq!(format!("{x:?}"), format!("{y:?}"), "{ctx}");
+                    if x.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    assert!(fast_hits > 1000, "{fast_hits}");
 }
