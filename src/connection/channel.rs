@@ -26,7 +26,8 @@ pub(super) enum Held {
 /// fill densely): holding and releasing are a slot write and a pop, with no allocation once
 /// the ring has grown. Every slot, empty or not, counts [`HELD_ENTRY_COST`] bytes besides the
 /// payloads, so a peer that sends one position far ahead pays for the span; the ring's
-/// capacity is kept within four times its length (or 64 slots).
+/// capacity is kept within four times its length (or 64 slots), and freed when nothing is
+/// held.
 #[derive(Debug, Default)]
 pub(super) struct OrderedChannel {
     next: u64,
@@ -35,7 +36,8 @@ pub(super) struct OrderedChannel {
     held_bytes: usize,
 }
 
-/// Ring slots kept however short the ring gets.
+/// Ring slots reserved when holding starts, and kept however short the ring gets while it
+/// holds anything.
 const MIN_SLOTS: usize = 64;
 
 impl OrderedChannel {
@@ -47,6 +49,12 @@ impl OrderedChannel {
     /// The next position to deliver.
     pub fn next(&self) -> u64 {
         self.next
+    }
+
+    /// Slots the ring has room for (its memory is this times the size of a slot).
+    #[cfg(test)]
+    pub fn ring_capacity(&self) -> usize {
+        self.held.capacity()
     }
 
     /// Whether `seq` was already passed (delivered or skipped).
@@ -118,6 +126,10 @@ impl OrderedChannel {
             if i >= len {
                 // Past the last slot (usually the very next one, after a loss).
                 self.held_bytes += (i + 1 - len) * HELD_ENTRY_COST + payload_len(&item);
+                if self.held.capacity() == 0 {
+                    // The first hold after a loss: room for a typical run of them at once.
+                    self.held.reserve(MIN_SLOTS);
+                }
                 if i > len {
                     self.held.resize_with(i, || None);
                 }
@@ -148,7 +160,12 @@ impl OrderedChannel {
                 deliver(item);
             }
         }
-        if self.held.capacity() > MIN_SLOTS && self.held.len() * 4 < self.held.capacity() {
+        if self.held.is_empty() {
+            // Nothing held: no memory kept that the receive buffer does not count.
+            if self.held.capacity() > 0 {
+                self.held = VecDeque::new();
+            }
+        } else if self.held.capacity() > MIN_SLOTS && self.held.len() * 4 < self.held.capacity() {
             self.held.shrink_to((self.held.len() * 2).max(MIN_SLOTS));
         }
         true
@@ -253,7 +270,8 @@ mod tests {
             );
             assert_eq!(ch.is_next_alone(next), model.is_empty(), "step {step}");
             assert!(
-                ch.held.capacity() <= (4 * ch.held.len()).max(MIN_SLOTS * 4),
+                ch.held.capacity() <= (4 * ch.held.len()).max(MIN_SLOTS * 4)
+                    && (ch.held.capacity() == 0 || !ch.held.is_empty()),
                 "step {step}: capacity {} length {}",
                 ch.held.capacity(),
                 ch.held.len()

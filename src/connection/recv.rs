@@ -688,7 +688,15 @@ impl Connection {
         }
         let (channel, guarantee) = (b.channel(), b.guarantee());
         if let Some(seq) = ordered {
-            let ch = channel_slot(&mut self.rx.channels, channel);
+            // A channel not used yet is left to the general path, which creates it.
+            let Some(ch) = self
+                .rx
+                .channels
+                .get(channel as usize)
+                .and_then(Option::as_deref)
+            else {
+                return;
+            };
             // `seq + n - 1` is a varint too.
             if !self.limits.in_window(seq + n - 1, ch.next()) || !ch.is_vacant_run(seq, n) {
                 return;

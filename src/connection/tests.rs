@@ -1770,3 +1770,253 @@ fn hostile_at_most_once_runs_match_the_general_path() {
     }
     assert!(fast_hits > 1000, "{fast_hits}");
 }
+
+#[test]
+fn hostile_reliable_runs_match_the_general_path() {
+    // Reliable MESSAGES runs from a peer that sends what an honest one never does: ids
+    // repeated, behind or far ahead; channel positions out of step with the ids, behind, or
+    // straddling the channel window; FORWARD skips; fragments whose reassembly expires; small
+    // receive buffers; both acknowledgement modes, with tokens acknowledged, rejected or kept
+    // a while. The runs' fast paths and the general path must leave the same results, state
+    // and events.
+    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    let payload: Vec<u8> = (0..=255).collect();
+    let mut resets = 0;
+    let h0 = FAST_PATH_HITS.with(std::cell::Cell::get);
+    for seed in 0..30u64 {
+        let mut rng = crate::rng::Rng::new(7000 + seed);
+        let mut now = t0();
+        let mut config = Config::default()
+            .window(256)
+            .reassembly_timeout(Duration::from_millis(5));
+        if seed % 2 == 1 {
+            config = config.ack_mode(crate::config::AckMode::AfterProcessing);
+        }
+        if seed % 3 == 1 {
+            config = config
+                .max_message_size(200)
+                .max_fragments(2)
+                .recv_buffer_bytes(400 + 300 * (seed as usize % 7));
+        }
+        let mut fast = conn(config.clone(), now);
+        let mut general = conn(config.clone(), now);
+        let mut front = 0u64;
+        let mut pos = [0u64; 3];
+        let mut pn = 0u32;
+        let mut keep = Vec::new();
+        for step in 0..3000 {
+            if fast.state != State::Established {
+                resets += 1;
+                fast = conn(config.clone(), now);
+                general = conn(config.clone(), now);
+                front = 0;
+                pos = [0; 3];
+                pn = 0;
+            }
+            let mut frames_raw: Vec<Vec<u8>> = Vec::new();
+            for _ in 0..rng.range_inclusive(1, 3) {
+                let mut raw = vec![0u8; 600];
+                let mut w = wire::Writer::new(&mut raw);
+                let k = rng.below(10);
+                let channel = rng.below(3) as u8;
+                let cn = fast
+                    .rx
+                    .channels
+                    .get(channel as usize)
+                    .and_then(|c| c.as_deref())
+                    .map_or(0, |c| c.next());
+                let seq = match rng.below(6) {
+                    0 => cn + 250 + rng.below(12),
+                    1 => cn.saturating_sub(2) + rng.below(4),
+                    _ => cn + rng.below(40),
+                };
+                let id = match rng.below(8) {
+                    0 => front.saturating_sub(rng.below(20)),
+                    1 => front + 240 + rng.below(20),
+                    _ => front + rng.below(12),
+                };
+                let g = if rng.chance(0.3) {
+                    Guarantee::AtLeastOnce
+                } else {
+                    Guarantee::ExactlyOnce
+                };
+                if k < 6 {
+                    let count = rng.range_inclusive(1, 24);
+                    let ordered = rng.chance(0.8).then_some(seq);
+                    let mut b = wire::MessagesWriter::begin(
+                        &mut w,
+                        g,
+                        channel,
+                        id,
+                        ordered,
+                        &payload[..rng.below(30) as usize],
+                    )
+                    .unwrap();
+                    for _ in 1..count {
+                        if b.push(&mut w, &payload[..rng.below(30) as usize]).is_err() {
+                            break;
+                        }
+                    }
+                    if rng.chance(0.5) {
+                        front = front.max(id + count);
+                    }
+                    pos[channel as usize] = pos[channel as usize].max(seq + count);
+                } else if k < 8 {
+                    let n = rng.range_inclusive(1, 4);
+                    w.put_u8(0x05).unwrap();
+                    w.put_varint(n).unwrap();
+                    for i in 0..n {
+                        w.put_varint(id + i).unwrap();
+                        if rng.chance(0.7) {
+                            w.put_u8(1).unwrap();
+                            w.put_u8(channel).unwrap();
+                            w.put_varint(seq + i).unwrap();
+                        } else {
+                            w.put_u8(0).unwrap();
+                        }
+                    }
+                } else {
+                    let frag = rng.chance(0.7).then(|| wire::Fragment {
+                        total_len: 20,
+                        count: 2,
+                        index: rng.below(2),
+                    });
+                    let len = if frag.is_some() {
+                        10
+                    } else {
+                        rng.below(30) as usize
+                    };
+                    Frame::Message(MessageFrame {
+                        guarantee: g,
+                        channel,
+                        id,
+                        chan_seq: rng.chance(0.6).then_some(seq),
+                        fragment: frag,
+                        payload: &payload[..len],
+                    })
+                    .emit(&mut w)
+                    .unwrap();
+                }
+                let n = w.position();
+                raw.truncate(n);
+                frames_raw.push(raw);
+            }
+            let frames: Vec<Frame<'_>> = frames_raw
+                .iter()
+                .map(|r| wire::frames(r).next().unwrap().unwrap())
+                .collect();
+            pn += 1;
+            let d = datagram(pn, &frames);
+            let a = fast.handle_datagram(now, &d);
+            GENERAL_PATH_ONLY.with(|g| g.set(true));
+            let b = general.handle_datagram(now, &d);
+            GENERAL_PATH_ONLY.with(|g| g.set(false));
+            let ctx = format!("seed {seed} step {step} {frames:?}");
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
+            assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
+            let mut n_ev = 0;
+            loop {
+                let (a, b) = (fast.poll_event(), general.poll_event());
+                assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
+                let (Some(a), Some(b)) = (a, b) else { break };
+                n_ev += 1;
+                if let (Event::Message(a), Event::Message(b)) = (a, b) {
+                    if let (Some(ta), Some(tb)) = (a.token, b.token) {
+                        if rng.chance(0.2) {
+                            keep.push((ta, tb));
+                            continue;
+                        }
+                        let rej = rng.chance(0.1);
+                        if rej {
+                            fast.reject(now, ta).unwrap();
+                        } else {
+                            fast.ack(now, ta).unwrap();
+                        }
+                        GENERAL_PATH_ONLY.with(|g| g.set(true));
+                        if rej {
+                            general.reject(now, tb).unwrap();
+                        } else {
+                            general.ack(now, tb).unwrap();
+                        }
+                        GENERAL_PATH_ONLY.with(|g| g.set(false));
+                    }
+                }
+                if n_ev > 0 && rng.chance(0.3) {
+                    break;
+                }
+            }
+            if rng.chance(0.3) {
+                while let Some((ta, tb)) = keep.pop() {
+                    let _ = fast.ack(now, ta);
+                    GENERAL_PATH_ONLY.with(|g| g.set(true));
+                    let _ = general.ack(now, tb);
+                    GENERAL_PATH_ONLY.with(|g| g.set(false));
+                }
+            }
+            assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
+            if rng.chance(0.2) {
+                now += Duration::from_millis(rng.below(8));
+                fast.handle_timeout(now);
+                GENERAL_PATH_ONLY.with(|g| g.set(true));
+                general.handle_timeout(now);
+                GENERAL_PATH_ONLY.with(|g| g.set(false));
+                assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
+            }
+        }
+        keep.clear();
+    }
+    let h1 = FAST_PATH_HITS.with(std::cell::Cell::get);
+    let (unordered, ordered) = (h1[6] - h0[6], h1[7] - h0[7]);
+    assert!(unordered > 50 && ordered > 100, "{unordered} {ordered}");
+    assert!(resets < 30 * 3000 / 10, "{resets}");
+}
+
+#[test]
+fn an_ordered_channel_keeps_no_slots_once_nothing_is_held() {
+    // On each of the 256 channels, position 64 arrives first and is held, then 0..64 in two
+    // runs release everything. No channel keeps ring memory the receive buffer no longer
+    // counts (a ring that kept 64 slots would keep 640 KiB here against a 5,000-byte buffer).
+    let now = t0();
+    let config = Config::default()
+        .max_message_size(200)
+        .max_fragments(2)
+        .recv_buffer_bytes(5000);
+    let mut c = conn(config, now);
+    let (mut pn, mut id) = (0u32, 0u64);
+    let g = Guarantee::ExactlyOnce;
+    let mut raw = [0u8; 512];
+    for ch in 0..=255u8 {
+        let m = Frame::Message(MessageFrame {
+            guarantee: g,
+            channel: ch,
+            id,
+            chan_seq: Some(64),
+            fragment: None,
+            payload: b"",
+        });
+        c.handle_datagram(now, &datagram(pn, &[m])).unwrap();
+        assert!(c.rx.received.contains(u64::from(pn)), "channel {ch}");
+        (pn, id) = (pn + 1, id + 1);
+        for first in [0, 32] {
+            let mut w = wire::Writer::new(&mut raw);
+            let mut b = wire::MessagesWriter::begin(&mut w, g, ch, id, Some(first), b"").unwrap();
+            for _ in 1..32 {
+                b.push(&mut w, b"").unwrap();
+            }
+            let n = w.position();
+            c.handle_datagram(now, &datagram(pn, &[one_frame(&raw[..n])]))
+                .unwrap();
+            (pn, id) = (pn + 1, id + 32);
+            while c.poll_event().is_some() {}
+        }
+        let channel = c.rx.channels[ch as usize].as_deref().unwrap();
+        assert_eq!(channel.next(), 65, "channel {ch}");
+    }
+    let slots: usize =
+        c.rx.channels
+            .iter()
+            .flatten()
+            .map(|ch| ch.ring_capacity())
+            .sum();
+    assert_eq!((slots, c.rx.buffered_bytes()), (0, 0));
+}
