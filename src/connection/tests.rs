@@ -840,11 +840,29 @@ fn a_run_ahead_of_the_cumulative_point_matches_the_general_path() {
     // by message). Unordered and ordered (held back in channel 1, positions equal to the ids),
     // the run's fast path leaves what the general path leaves.
     use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
-    for (ordered, abandon) in [(false, false), (false, true), (true, false), (true, true)] {
-        let ctx = format!("ordered {ordered}, abandon {abandon}");
+    // With `partial`, the receive buffer has room for id 10 and two more messages: the run is
+    // taken in part, the packet is not acknowledged, and nothing is due at once.
+    let q = crate::limits::QUEUED_EVENT_COST;
+    let cases = [
+        (false, false, false),
+        (false, true, false),
+        (true, false, false),
+        (true, true, false),
+        (false, false, true),
+    ];
+    for (ordered, abandon, partial) in cases {
+        let ctx = format!("ordered {ordered}, abandon {abandon}, partial {partial}");
         let now = t0();
-        let mut fast = conn(Config::default(), now);
-        let mut general = conn(Config::default(), now);
+        let config = if partial {
+            Config::default()
+                .max_message_size(100)
+                .max_fragments(2)
+                .recv_buffer_bytes(3 * (8 + q) + 10)
+        } else {
+            Config::default()
+        };
+        let mut fast = conn(config.clone(), now);
+        let mut general = conn(config, now);
         let g = Guarantee::ExactlyOnce;
         let seq = |id: u64| ordered.then_some(id);
         let mut raw = [0u8; 512];
@@ -900,16 +918,23 @@ fn a_run_ahead_of_the_cumulative_point_matches_the_general_path() {
                 }
             }
         }
-        assert_eq!(hits() - before, if abandon { 0 } else { 5 }, "{ctx}");
-        assert_eq!(fast.rx.ack_due, !abandon, "{ctx}");
+        let taken = match (abandon, partial) {
+            (true, _) => 0,
+            (false, true) => 2,
+            (false, false) => 5,
+        };
+        assert_eq!(hits() - before, taken, "{ctx}");
+        assert_eq!(fast.rx.ack_due, !abandon && !partial, "{ctx}");
+        assert_eq!(fast.rx.received.contains(1), !partial, "{ctx}");
         let got = messages(&mut fast);
         assert_eq!(got, messages(&mut general), "{ctx}");
         let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
         // Ordered, everything waits for positions 0..5.
-        let expected: &[u64] = match (ordered, abandon) {
-            (true, _) => &[],
-            (false, true) => &[5, 6, 8, 9],
-            (false, false) => &[10, 5, 6, 7, 8, 9],
+        let expected: &[u64] = match (ordered, abandon, partial) {
+            (true, ..) => &[],
+            (false, true, _) => &[5, 6, 8, 9],
+            (false, false, true) => &[10, 5, 6],
+            (false, false, false) => &[10, 5, 6, 7, 8, 9],
         };
         assert_eq!(ids, expected, "{ctx}");
     }
