@@ -1558,6 +1558,47 @@ fn an_ack_frame_too_long_for_the_datagram_goes_out_with_its_highest_ranges() {
     assert_eq!(got.len(), 32);
 }
 
+/// Two connections (`a`, cid 1, and `b`) on a link of `delay` rounds of 1 ms each way, in
+/// virtual time from `start`: datagrams wait in `to_a` and `to_b` by the round they arrive in.
+struct DelayedPair {
+    a: Connection,
+    b: Connection,
+    to_a: Vec<Vec<Vec<u8>>>,
+    to_b: Vec<Vec<Vec<u8>>>,
+    start: Instant,
+}
+
+impl DelayedPair {
+    fn new(rounds: usize, delay: usize) -> DelayedPair {
+        let start = t0();
+        let config = Arc::new(Config::default());
+        DelayedPair {
+            a: Connection::new(config.clone(), 1, 2, start).unwrap(),
+            b: Connection::new(config, 2, 1, start).unwrap(),
+            to_a: vec![Vec::new(); rounds + delay + 1],
+            to_b: vec![Vec::new(); rounds + delay + 1],
+            start,
+        }
+    }
+
+    /// Round `r` begins: what arrives now is handled and due timers fire. Returns the time.
+    fn arrive(&mut self, r: usize) -> Instant {
+        let now = self.start + Duration::from_millis(r as u64);
+        for d in std::mem::take(&mut self.to_b[r]) {
+            self.b.handle_datagram(now, &d).unwrap();
+        }
+        for d in std::mem::take(&mut self.to_a[r]) {
+            self.a.handle_datagram(now, &d).unwrap();
+        }
+        for c in [&mut self.a, &mut self.b] {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
+            }
+        }
+        now
+    }
+}
+
 /// Ranges in the ACK frame of a datagram, and whether it carries a PING.
 fn ack_ranges_and_ping(datagram: &[u8]) -> (Option<usize>, bool) {
     let (_, payload) = wire::open(datagram, &Crc32).unwrap();
@@ -1578,38 +1619,21 @@ fn a_receiver_that_only_acknowledges_keeps_its_ack_frames_short() {
     // sends nothing but ACKs. About once a round trip one of them carries a PING; the
     // sender's acknowledgement of it lets the receiver stop reporting the gaps below, so its
     // ACK frames do not grow to `max_ack_ranges`.
-    let start = t0();
-    let config = Arc::new(Config::default());
-    let mut a = Connection::new(config.clone(), 1, 2, start).unwrap();
-    let mut b = Connection::new(config, 2, 1, start).unwrap();
-    let delay = 5usize;
-    let rounds = 2_000usize;
-    // Datagrams in flight, by the round they arrive in.
-    let mut to_b: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
-    let mut to_a: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
+    let (delay, rounds) = (5usize, 2_000usize);
+    let mut p = DelayedPair::new(rounds, delay);
     let mut buf = [0u8; 1500];
     let (mut sent, mut max_ranges, mut pings, mut delivered) = (0usize, 0usize, 0usize, 0usize);
     let (mut last_ping, mut min_gap) = (None, usize::MAX);
     for r in 0..rounds {
-        let now = start + Duration::from_millis(r as u64);
-        for d in std::mem::take(&mut to_b[r]) {
-            b.handle_datagram(now, &d).unwrap();
-        }
-        for d in std::mem::take(&mut to_a[r]) {
-            a.handle_datagram(now, &d).unwrap();
-        }
-        for c in [&mut a, &mut b] {
-            if c.poll_timeout().is_some_and(|t| t <= now) {
-                c.handle_timeout(now);
-            }
-        }
+        let now = p.arrive(r);
+        let (a, b) = (&mut p.a, &mut p.b);
         for _ in 0..4 {
             a.send(now, &[7u8; 64], Guarantee::AtMostOnce).unwrap();
         }
         while let Some(n) = a.poll_transmit(now, &mut buf) {
             sent += 1;
             if sent % 20 != 0 {
-                to_b[r + delay].push(buf[..n].to_vec());
+                p.to_b[r + delay].push(buf[..n].to_vec());
             }
         }
         while let Some(n) = b.poll_transmit(now, &mut buf) {
@@ -1624,9 +1648,9 @@ fn a_receiver_that_only_acknowledges_keeps_its_ack_frames_short() {
                 max_ranges = max_ranges.max(ranges.unwrap_or(0));
                 pings += usize::from(ping);
             }
-            to_a[r + delay].push(buf[..n].to_vec());
+            p.to_a[r + delay].push(buf[..n].to_vec());
         }
-        delivered += messages(&mut b).len();
+        delivered += messages(b).len();
         while a.poll_event().is_some() {}
     }
     assert!(delivered > rounds * 4 * 3 / 4, "delivered {delivered}");
@@ -1649,35 +1673,20 @@ fn idle_peers_after_losses_settle_to_keepalives() {
     // pattern.)
     for (random, seed) in [(false, 0), (true, 1), (true, 2)] {
         let mut rng = crate::rng::Rng::new(seed);
-        let start = t0();
-        let config = Arc::new(Config::default());
-        let mut a = Connection::new(config.clone(), 1, 2, start).unwrap();
-        let mut b = Connection::new(config, 2, 1, start).unwrap();
         let (delay, rounds) = (10usize, 30_000usize);
-        let mut to_b: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
-        let mut to_a: Vec<Vec<Vec<u8>>> = vec![Vec::new(); rounds + delay + 1];
+        let mut p = DelayedPair::new(rounds, delay);
         let mut buf = [0u8; 1500];
         let (mut sent, mut late) = (0usize, 0usize);
         for r in 0..rounds {
-            let now = start + Duration::from_millis(r as u64);
-            for d in std::mem::take(&mut to_b[r]) {
-                b.handle_datagram(now, &d).unwrap();
-            }
-            for d in std::mem::take(&mut to_a[r]) {
-                a.handle_datagram(now, &d).unwrap();
-            }
-            for c in [&mut a, &mut b] {
-                if c.poll_timeout().is_some_and(|t| t <= now) {
-                    c.handle_timeout(now);
-                }
-            }
+            let now = p.arrive(r);
+            let (a, b) = (&mut p.a, &mut p.b);
             if r < 1000 {
                 for _ in 0..3 {
                     a.send(now, &[7u8; 64], Guarantee::AtMostOnce).unwrap();
                     b.send(now, &[8u8; 64], Guarantee::AtMostOnce).unwrap();
                 }
             }
-            for (c, q) in [(&mut a, &mut to_b), (&mut b, &mut to_a)] {
+            for (c, q) in [(&mut *a, &mut p.to_b), (&mut *b, &mut p.to_a)] {
                 while let Some(n) = c.poll_transmit(now, &mut buf) {
                     sent += 1;
                     late += usize::from(r >= 20_000);
