@@ -33,7 +33,8 @@ pub(super) struct OrderedChannel {
     next: u64,
     /// Slot `i` holds position `next + 1 + i`; the last slot is never empty.
     held: VecDeque<Option<Held>>,
-    held_bytes: usize,
+    /// Payload bytes in `held`.
+    payload_bytes: usize,
 }
 
 /// Ring slots reserved when holding starts, and kept however short the ring gets while it
@@ -43,7 +44,7 @@ const MIN_SLOTS: usize = 64;
 impl OrderedChannel {
     /// Bytes held back: payloads plus [`HELD_ENTRY_COST`] per slot.
     pub fn held_bytes(&self) -> usize {
-        self.held_bytes
+        self.held.len() * HELD_ENTRY_COST + self.payload_bytes
     }
 
     /// The next position to deliver.
@@ -100,14 +101,12 @@ impl OrderedChannel {
         if seq <= self.next {
             return false;
         }
-        let first = seq - self.next - 1;
-        let held = self.held.len() as u64;
-        (first..held.min(first.saturating_add(n))).all(|i| {
-            usize::try_from(i)
-                .ok()
-                .and_then(|i| self.held.get(i))
-                .is_some_and(Option::is_none)
-        })
+        // Slots past the ring's end are vacant.
+        let at = |p: u64| {
+            usize::try_from(p - self.next - 1).map_or(self.held.len(), |i| i.min(self.held.len()))
+        };
+        let (first, end) = (at(seq), at(seq.saturating_add(n)));
+        self.held.range(first..end).all(Option::is_none)
     }
 
     /// Offers position `seq`. Calls `deliver` for every message that is now in order (this one
@@ -125,7 +124,7 @@ impl OrderedChannel {
             let len = self.held.len();
             if i >= len {
                 // Past the last slot (usually the very next one, after a loss).
-                self.held_bytes += (i + 1 - len) * HELD_ENTRY_COST + payload_len(&item);
+                self.payload_bytes += payload_len(&item);
                 if self.held.capacity() == 0 {
                     // The first hold after a loss: room for a typical run of them at once.
                     self.held.reserve(MIN_SLOTS);
@@ -140,7 +139,7 @@ impl OrderedChannel {
             if slot.is_some() {
                 return false;
             }
-            self.held_bytes += payload_len(&item);
+            self.payload_bytes += payload_len(&item);
             *slot = Some(item);
             return true;
         }
@@ -150,12 +149,11 @@ impl OrderedChannel {
         }
         // Each step of `next` takes the front slot: its position is now `next`.
         while let Some(front) = self.held.pop_front() {
-            self.held_bytes -= HELD_ENTRY_COST;
             let Some(item) = front else {
                 break;
             };
             self.next += 1;
-            self.held_bytes -= payload_len(&item);
+            self.payload_bytes -= payload_len(&item);
             if matches!(item, Held::Message { .. }) {
                 deliver(item);
             }

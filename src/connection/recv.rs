@@ -672,15 +672,15 @@ impl Connection {
         {
             return;
         }
-        // Within the window, which each dedup window holds whole from the done window's base:
-        // the offsets and the length fit a usize.
+        // Within the window, which each dedup window holds whole from the done window's base
+        // (so `at_done + len` is within the done window's capacity): the offsets and the
+        // length fit a usize.
         let (at_done, at_seen, len) = (
             (start - done_base) as usize,
             (start - seen_base) as usize,
             n as usize,
         );
         if at_seen + len > self.rx.seen.capacity()
-            || at_done + len > self.rx.done.capacity()
             || !self.rx.done.is_vacant_run(at_done, len)
             || !self.rx.seen.is_vacant_run(at_seen, len)
         {
@@ -714,39 +714,36 @@ impl Connection {
                 break;
             };
             let len = payload.len();
-            let buffered = self.rx.buffered_bytes();
-            let seq = ordered.map(|s| s + (id - start));
-            // Exactly the general path's two checks: room to take the payload, and to hold it.
-            let room = self
+            // The general path's checks, in its order: room to take the payload, then (in
+            // `RecvState::offer`) room to hold it; a message refused there is dropped there
+            // too, and left to the general path to refuse again.
+            if !self
                 .limits
-                .admit_recv_bytes(buffered, len + QUEUED_EVENT_COST)
-                && seq.is_none_or(|seq| {
-                    let cost = channel_slot(&mut self.rx.channels, channel).hold_cost(seq, len);
-                    self.limits.admit_recv_bytes(buffered, cost)
-                });
-            if !room {
+                .admit_recv_bytes(self.rx.buffered_bytes(), len + QUEUED_EVENT_COST)
+            {
                 skip_taken(rest, id - start);
                 break;
             }
             let mut buf = self.take_buffer(len);
             buf.extend_from_slice(payload);
-            match seq {
-                None => {
-                    count_fast_path(6);
-                    self.queue_message(id, channel, guarantee, false, buf, None);
-                }
-                Some(seq) => {
-                    count_fast_path(7);
-                    let item = Held::Message {
-                        id,
-                        guarantee,
-                        payload: buf,
-                    };
-                    let held = self.rx.offer(channel, seq, item, &mut ready, &self.limits);
-                    debug_assert_eq!(held, Ok(true));
-                    debug_assert!(ready.is_empty());
-                }
+            let Some(first_seq) = ordered else {
+                count_fast_path(6);
+                self.queue_message(id, channel, guarantee, false, buf, None);
+                continue;
+            };
+            let item = Held::Message {
+                id,
+                guarantee,
+                payload: buf,
+            };
+            let seq = first_seq + (id - start);
+            let held = self.rx.offer(channel, seq, item, &mut ready, &self.limits);
+            debug_assert!(held.is_ok() && ready.is_empty());
+            if held != Ok(true) {
+                skip_taken(rest, id - start);
+                break;
             }
+            count_fast_path(7);
         }
         self.held_scratch = ready;
         let taken = (rest.next_id() - start) as usize;
@@ -760,9 +757,7 @@ impl Connection {
         if ordered.is_none() {
             // As `mark_complete` for each, with the windows moved once.
             self.rx.done.fill_run(at_done, taken);
-            let cum = self.rx.done.advance_contiguous();
-            self.rx.seen.advance_to(cum);
-            self.completed_to(cum);
+            self.advance_completed();
         }
     }
 
@@ -925,8 +920,8 @@ impl Connection {
         accepted
     }
 
-    /// Hands over the messages an ordered channel released, in order, and returns the scratch
-    /// vector for reuse.
+    /// Hands over the messages an ordered channel released, in order, and keeps the emptied
+    /// vector as the scratch for the next time.
     ///
     /// Each one handed over completes (acknowledge-on-receipt mode) as
     /// [`mark_complete`](Self::mark_complete) would make it, with the windows and the
@@ -947,9 +942,7 @@ impl Connection {
             }
         }
         if completed {
-            let cum = self.rx.done.advance_contiguous();
-            self.rx.seen.advance_to(cum);
-            self.completed_to(cum);
+            self.advance_completed();
         }
         self.held_scratch = ready;
     }
@@ -1006,9 +999,15 @@ impl Connection {
 
     /// Reliable message `id` is complete: it moves the cumulative point and is reported.
     fn mark_complete(&mut self, id: u64) {
-        if self.rx.done.insert(id).is_err() {
-            return;
+        if self.rx.done.insert(id).is_ok() {
+            self.advance_completed();
         }
+    }
+
+    /// After ids were inserted in the done window: the cumulative point moves past every
+    /// complete id at the front, the seen window follows, and the completion is reported.
+    /// Several insertions may share one call: the end state is the same as one call each.
+    fn advance_completed(&mut self) {
         let cum = self.rx.done.advance_contiguous();
         self.rx.seen.advance_to(cum);
         self.completed_to(cum);

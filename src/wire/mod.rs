@@ -167,6 +167,7 @@ impl std::error::Error for WireError {}
 /// (between header and tag). The tag is checked before any field is looked at.
 ///
 /// The frames are not checked here: call [`validate`] on them before acting on any.
+#[inline]
 pub fn open<'a>(
     datagram: &'a [u8],
     integrity: &dyn Integrity,
