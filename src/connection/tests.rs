@@ -1070,10 +1070,12 @@ fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
         }
     }
     assert!(in_line > 3000, "{in_line}");
-    // Runs ahead of the cumulative point need a loss inside a burst: fewer of them.
+    // Runs ahead of the cumulative point (the last two kinds) need a loss inside a burst:
+    // fewer of them.
     let hits = super::recv::FAST_PATH_HITS.with(std::cell::Cell::get);
+    let (others, ahead) = hits.split_at(6);
     assert!(
-        hits.iter().all(|&h| h > 50),
+        others.iter().all(|&h| h > 100) && ahead.iter().all(|&h| h > 50),
         "a fast path hardly ran: {hits:?}"
     );
 }
