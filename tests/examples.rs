@@ -331,7 +331,10 @@ fn inmem_at_very_high_loss_ends_with_its_json_line() {
             "0.9",
         ];
         let (j, ctx) = inmem(&args, false);
-        assert!(num(&j, "delivered") <= 300.0, "{ctx}");
+        // Delivered only for what the receiver got, and something got through.
+        let (delivered, received) = (num(&j, "delivered"), num(&j, "received"));
+        assert!(delivered <= received && received <= 300.0, "{ctx}");
+        assert!(received > 0.0, "{ctx}");
         assert!(num(&j, "dropped") > num(&j, "datagrams") / 2.0, "{ctx}");
     }
 }

@@ -268,7 +268,7 @@ mod tests {
             );
             assert_eq!(ch.is_next_alone(next), model.is_empty(), "step {step}");
             assert!(
-                ch.held.capacity() <= (4 * ch.held.len()).max(MIN_SLOTS * 4)
+                ch.held.capacity() <= (4 * ch.held.len()).max(MIN_SLOTS)
                     && (ch.held.capacity() == 0 || !ch.held.is_empty()),
                 "step {step}: capacity {} length {}",
                 ch.held.capacity(),

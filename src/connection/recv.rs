@@ -628,11 +628,12 @@ impl Connection {
         let channel = b.channel();
         let start = rest.next_id();
         // Acknowledge-on-receipt (the run is in line): no token.
-        let n = self.queue_run(
+        let n = self.queue_run::<false>(
             rest,
             channel,
             b.guarantee(),
             ORDERED,
+            0,
             3 + usize::from(ORDERED),
         );
         if n == 0 {
@@ -664,26 +665,18 @@ impl Connection {
             return;
         }
         let (start, n) = (rest.next_id(), b.len() as u64);
-        let (done_base, seen_base) = (self.rx.done.base(), self.rx.seen.base());
+        // The seen window moves with the done one (`advance_completed`, `pass_empty_run`),
+        // and both hold the window: one offset serves both.
+        let base = self.rx.done.base();
+        debug_assert_eq!(base, self.rx.seen.base());
         // `start + n - 1` is a varint (the frame was validated): no overflow.
-        if start < done_base
-            || start < seen_base
-            || !self.limits.in_window(start + n - 1, done_base)
-        {
+        if start < base || !self.limits.in_window(start + n - 1, base) {
             return;
         }
-        // Within the window, which each dedup window holds whole from the done window's base
-        // (so `at_done + len` is within the done window's capacity): the offsets and the
-        // length fit a usize.
-        let (at_done, at_seen, len) = (
-            (start - done_base) as usize,
-            (start - seen_base) as usize,
-            n as usize,
-        );
-        if at_seen + len > self.rx.seen.capacity()
-            || !self.rx.done.is_vacant_run(at_done, len)
-            || !self.rx.seen.is_vacant_run(at_seen, len)
-        {
+        // Within the window, which each dedup window holds whole: the offset and the length
+        // fit a usize.
+        let (at, len) = ((start - base) as usize, n as usize);
+        if !self.rx.done.is_vacant_run(at, len) || !self.rx.seen.is_vacant_run(at, len) {
             return;
         }
         let (channel, guarantee) = (b.channel(), b.guarantee());
@@ -705,75 +698,45 @@ impl Connection {
         // Asked before the run changes anything: the general path asks for each message before
         // inserting it, and only the last one's successor can have arrived already.
         let repaired = self.rx.seen.contains(start + n);
-        let mut ready = std::mem::take(&mut self.held_scratch);
-        let mut it = rest.clone();
-        loop {
-            let id = it.next_id();
-            let Some(payload) = it.next_payload() else {
-                *rest = it;
-                break;
-            };
-            let len = payload.len();
-            // The general path's checks, in its order: room to take the payload, then (in
-            // `RecvState::offer`) room to hold it; a message refused there is dropped there
-            // too, and left to the general path to refuse again.
-            if !self
-                .limits
-                .admit_recv_bytes(self.rx.buffered_bytes(), len + QUEUED_EVENT_COST)
-            {
-                skip_taken(rest, id - start);
-                break;
-            }
-            let mut buf = self.take_buffer(len);
-            buf.extend_from_slice(payload);
-            let Some(first_seq) = ordered else {
-                count_fast_path(6);
-                self.queue_message(id, channel, guarantee, false, buf, None);
-                continue;
-            };
-            let item = Held::Message {
-                id,
-                guarantee,
-                payload: buf,
-            };
-            let seq = first_seq + (id - start);
-            let held = self.rx.offer(channel, seq, item, &mut ready, &self.limits);
-            debug_assert!(held.is_ok() && ready.is_empty());
-            if held != Ok(true) {
-                skip_taken(rest, id - start);
-                break;
-            }
-            count_fast_path(7);
-        }
-        self.held_scratch = ready;
-        let taken = (rest.next_id() - start) as usize;
+        let taken = match ordered {
+            None => self.queue_run::<false>(rest, channel, guarantee, false, 0, 6),
+            Some(first_seq) => self.queue_run::<true>(rest, channel, guarantee, true, first_seq, 7),
+        } as usize;
         if taken == 0 {
             return;
         }
         if taken == len && repaired {
             self.schedule_ack(now, true);
         }
-        self.rx.seen.fill_run(at_seen, taken);
+        self.rx.seen.fill_run(at, taken);
         if ordered.is_none() {
             // As `mark_complete` for each, with the windows moved once.
-            self.rx.done.fill_run(at_done, taken);
+            self.rx.done.fill_run(at, taken);
             self.advance_completed();
         }
     }
 
-    /// Queues the messages of `rest` for the application, without tokens, until one finds no
-    /// room in the receive buffer, which stays in `rest` (for the general path, to be dropped
-    /// there); returns how many were queued. `kind`: the fast path counted in tests.
+    /// Queues the messages of `rest` for the application, without tokens, or with `HOLD` holds
+    /// them back in ordered channel `channel` from position `first_seq` on, as the general
+    /// path would; stops at one that finds no room (to take it, or to hold it), which stays in
+    /// `rest` for the general path (to be dropped there). Returns how many were taken.
+    /// `kind`: the fast path counted in tests.
     #[inline(always)]
-    fn queue_run(
+    fn queue_run<const HOLD: bool>(
         &mut self,
         rest: &mut MessagesIter<'_>,
         channel: u8,
         guarantee: Guarantee,
         ordered: bool,
+        first_seq: u64,
         kind: usize,
     ) -> u64 {
         let start = rest.next_id();
+        let mut ready = if HOLD {
+            std::mem::take(&mut self.held_scratch)
+        } else {
+            Vec::new()
+        };
         // Walked on a copy, which can stay in registers; `rest` catches up at the end.
         let mut it = rest.clone();
         loop {
@@ -793,8 +756,27 @@ impl Connection {
             }
             let mut buf = self.take_buffer(len);
             buf.extend_from_slice(payload);
+            if HOLD {
+                let item = Held::Message {
+                    id,
+                    guarantee,
+                    payload: buf,
+                };
+                // `RecvState::offer` checks the room to hold it, as on the general path.
+                let seq = first_seq + (id - start);
+                let held = self.rx.offer(channel, seq, item, &mut ready, &self.limits);
+                debug_assert!(held.is_ok() && ready.is_empty());
+                if held != Ok(true) {
+                    skip_taken(rest, id - start);
+                    break;
+                }
+            } else {
+                self.queue_message(id, channel, guarantee, ordered, buf, None);
+            }
             count_fast_path(kind);
-            self.queue_message(id, channel, guarantee, ordered, buf, None);
+        }
+        if HOLD {
+            self.held_scratch = ready;
         }
         rest.next_id() - start
     }
@@ -820,7 +802,7 @@ impl Connection {
         if !self.rx.amo.is_vacant_run(offset, n as usize) {
             return;
         }
-        let taken = self.queue_run(rest, b.channel(), Guarantee::AtMostOnce, false, 5);
+        let taken = self.queue_run::<false>(rest, b.channel(), Guarantee::AtMostOnce, false, 0, 5);
         if taken > 0 {
             self.rx.amo.fill_run(offset, taken as usize);
         }

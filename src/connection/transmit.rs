@@ -616,13 +616,9 @@ impl Connection {
             }
             batch = None;
             while frag < msg.count {
-                let frame =
-                    message_frame(amo, msg.channel, id, None, msg.count, frag, &msg.payload);
-                if frame.is_none_or(|f| f.emit(w).is_err()) {
+                if !write_out_amo_fragment(msg, &mut self.ledger, id, frag, w) {
                     break 'slots;
                 }
-                msg.sent += 1;
-                self.ledger.push_frame(SentFrame::Amo { id, frag });
                 wrote = true;
                 frag += 1;
             }
@@ -640,23 +636,7 @@ impl Connection {
         let Some(Some(msg)) = self.amo_out.get_mut(idx) else {
             return false;
         };
-        let Some(frame) = message_frame(
-            Guarantee::AtMostOnce,
-            msg.channel,
-            id,
-            None,
-            msg.count,
-            frag,
-            &msg.payload,
-        ) else {
-            return false;
-        };
-        if frame.emit(w).is_err() {
-            return false;
-        }
-        msg.sent += 1;
-        self.ledger.push_frame(SentFrame::Amo { id, frag });
-        true
+        write_out_amo_fragment(msg, &mut self.ledger, id, frag, w)
     }
 
     fn amo_peek(&self, id: u64) -> Option<&super::send::AmoOut> {
@@ -694,6 +674,25 @@ fn next_unsent<'q, T: 'q>(
             }
         }
     }
+}
+
+/// Writes fragment `frag` of at-most-once message `id` (`msg`) in a MESSAGE frame and records
+/// it in the packet's ledger entry; `false` (nothing written) when it does not fit.
+fn write_out_amo_fragment(
+    msg: &mut super::send::AmoOut,
+    ledger: &mut Ledger,
+    id: u64,
+    frag: u32,
+    w: &mut Writer<'_>,
+) -> bool {
+    let amo = Guarantee::AtMostOnce;
+    let frame = message_frame(amo, msg.channel, id, None, msg.count, frag, &msg.payload);
+    if frame.is_none_or(|f| f.emit(w).is_err()) {
+        return false;
+    }
+    msg.sent += 1;
+    ledger.push_frame(SentFrame::Amo { id, frag });
+    true
 }
 
 /// Writes fragment `frag` of reliable message `id` and records it in flight in packet `pn`.
