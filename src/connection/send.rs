@@ -400,7 +400,7 @@ impl Connection {
     /// Sends fragment `frag` of reliable message `id` again, unless its budget is spent.
     /// `only_if` says which state it must still be in (so that a fragment is queued only
     /// once).
-    fn requeue(&mut self, id: u64, frag: u32, only_if: impl Fn(FragState) -> bool) {
+    pub(super) fn requeue(&mut self, id: u64, frag: u32, only_if: impl Fn(FragState) -> bool) {
         let Some(msg) = self.outbox_get_mut(id) else {
             return;
         };
