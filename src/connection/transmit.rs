@@ -386,7 +386,7 @@ impl Connection {
                     (None, Some(_)) if one_pass() => {
                         // Only at-most-once messages wait: they fill the rest of the packet
                         // in one pass.
-                        wrote |= self.write_new_amo(w);
+                        wrote |= self.write_new_amo(w, None);
                         break;
                     }
                     (None, Some(_)) => Source::NewAmo,
@@ -394,7 +394,20 @@ impl Connection {
                         let rq = self.outbox_get(rid).map(|m| m.queued_at);
                         let aq = self.amo_peek(aid).map(|m| m.queued_at);
                         match aq {
-                            Some(aq) if rq.is_some_and(|rq| aq < rq) => Source::NewAmo,
+                            Some(aq) if rq.is_some_and(|rq| aq < rq) => {
+                                if !one_pass() {
+                                    Source::NewAmo
+                                } else {
+                                    // The at-most-once messages queued before the next
+                                    // reliable one go first, in one pass; then the loop looks
+                                    // again.
+                                    if !self.write_new_amo(w, rq) {
+                                        break;
+                                    }
+                                    wrote = true;
+                                    continue;
+                                }
+                            }
                             Some(aq) if one_pass() => {
                                 // The reliable messages queued no later than the next
                                 // at-most-once one go first, in one pass; then the loop
@@ -646,8 +659,10 @@ impl Connection {
     /// the at-most-once window does: what [`write_amo_fragment`](Self::write_amo_fragment)
     /// would write one fragment at a time, from a cursor that
     /// [`next_amo`](Self::next_amo) placed. Returns whether any was written.
+    /// With `queued_before`, stops at the first message not queued before it (the next
+    /// reliable message, which goes first on a tie).
     #[inline(never)]
-    fn write_new_amo<'a>(&mut self, w: &mut Writer<'a>) -> bool {
+    fn write_new_amo<'a>(&mut self, w: &mut Writer<'a>, queued_before: Option<Instant>) -> bool {
         let (mut id, mut frag) = self.amo_cursor;
         let Some(start) = id.checked_sub(self.amo_base).map(|i| i as usize) else {
             return false;
@@ -664,7 +679,7 @@ impl Connection {
                 frag = 0;
                 continue;
             };
-            if id >= end {
+            if id >= end || queued_before.is_some_and(|t| msg.queued_at >= t) {
                 break;
             }
             if frag == 0 && msg.count <= 1 {
@@ -678,7 +693,8 @@ impl Connection {
                 } else {
                     let pairs = id + 1 < end
                         && matches!(slots.peek(), Some(Some(next))
-                            if next.count <= 1 && next.channel == msg.channel);
+                            if next.count <= 1 && next.channel == msg.channel
+                                && queued_before.is_none_or(|t| next.queued_at < t));
                     let ch = msg.channel;
                     batch = if pairs {
                         MessagesWriter::begin(w, amo, ch, id, None, &msg.payload).ok()
@@ -1200,6 +1216,50 @@ mod tests {
         let g = m.guarantee.to_bits();
         let index = m.fragment.map_or(0, |f| f.index);
         (g, m.channel, m.id, m.chan_seq, index, m.payload.len())
+    }
+
+    /// At-most-once and reliable messages queued in turns go out in the order they were
+    /// queued, each turn's run in one MESSAGES frame.
+    #[test]
+    fn mixed_guarantees_go_out_in_queue_order_in_runs() {
+        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+        let t0 = Instant::now();
+        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, t0).unwrap();
+        let mut now = t0;
+        let turns = [
+            Guarantee::AtMostOnce,
+            Guarantee::ExactlyOnce,
+            Guarantee::AtMostOnce,
+            Guarantee::AtLeastOnce,
+        ];
+        for g in turns {
+            for _ in 0..3 {
+                c.send_message(now, &[7; 10], SendOptions::new(g)).unwrap();
+                now += Duration::from_micros(1);
+            }
+        }
+        let mut buf = vec![0u8; 4000];
+        let n = c.poll_transmit(now, &mut buf).unwrap();
+        let (_, payload) = wire::open(&buf[..n], &wire::Crc32).unwrap();
+        let frames: Vec<(Guarantee, Vec<u64>)> = wire::frames(payload)
+            .filter_map(|f| match f.unwrap() {
+                Frame::Messages(b) => {
+                    let ids = b.messages().map(|m| m.id).collect();
+                    Some((b.messages().next().unwrap().guarantee, ids))
+                }
+                Frame::Message(m) => Some((m.guarantee, vec![m.id])),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                (Guarantee::AtMostOnce, vec![0, 1, 2]),
+                (Guarantee::ExactlyOnce, vec![0, 1, 2]),
+                (Guarantee::AtMostOnce, vec![3, 4, 5]),
+                (Guarantee::AtLeastOnce, vec![3, 4, 5]),
+            ]
+        );
     }
 
     /// Messages queued again after a loss go out in MESSAGES runs, as new ones do: ids queued
