@@ -2056,3 +2056,72 @@ fn an_ordered_channel_keeps_no_slots_once_nothing_is_held() {
             .sum();
     assert_eq!((slots, c.rx.buffered_bytes()), (0, 0));
 }
+
+/// Retransmitted MESSAGES runs that span ids the receiver has and ids it lacks (every other
+/// packet was lost), and then runs of nothing but duplicates, deliver each message once
+/// (exactly-once; ordered at-least-once too, in order) with its own payload, and at least
+/// once unordered at-least-once; no protocol violation.
+#[test]
+fn retransmitted_runs_partly_received_deliver_each_message_once() {
+    for ordered in [false, true] {
+        for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
+            let now = t0();
+            let config = Arc::new(Config::default().congestion(crate::CongestionControl::None));
+            let mut a = Connection::new(config.clone(), 1, 2, now).unwrap();
+            let mut b = Connection::new(config, 2, 1, now).unwrap();
+            for i in 0..40u8 {
+                let opts = crate::message::SendOptions::new(g).ordered(ordered);
+                a.send_message(now, &[i; 200], opts).unwrap();
+            }
+            let mut buf = [0u8; 1500];
+            let mut first = Vec::new();
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                first.push(buf[..n].to_vec());
+            }
+            assert!(first.len() >= 4);
+            // Odd packets arrive, even ones are lost; then everything is queued again (as
+            // after a lost acknowledgement and a probe).
+            for p in first.iter().skip(1).step_by(2) {
+                b.handle_datagram(now, p).unwrap();
+            }
+            let inflight =
+                |s: super::send::FragState| matches!(s, super::send::FragState::InFlight(_));
+            for id in (2..40).chain(0..2) {
+                a.requeue(id, 0, inflight);
+            }
+            let mut runs = 0;
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                let (_, payload) = wire::open(&buf[..n], &Crc32).unwrap();
+                runs += wire::frames(payload)
+                    .filter(|f| matches!(f, Ok(Frame::Messages(m)) if m.len() > 1))
+                    .count();
+                b.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            assert!(runs > 0, "retransmissions went out in runs");
+            // Once more, all duplicates.
+            for id in 0..40 {
+                a.requeue(id, 0, inflight);
+            }
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                b.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            assert!(a.retx.is_empty());
+            let got = messages(&mut b);
+            for (id, p) in &got {
+                assert_eq!(p, &vec![*id as u8; 200]);
+            }
+            let mut ids: Vec<u64> = got.iter().map(|m| m.0).collect();
+            let all: Vec<u64> = (0..40).collect();
+            if ordered {
+                assert_eq!(ids, all, "{g:?} ordered");
+            }
+            if g == Guarantee::AtLeastOnce && !ordered {
+                ids.sort_unstable();
+                ids.dedup();
+            }
+            ids.sort_unstable();
+            assert_eq!(ids, all, "{g:?} ordered: {ordered}");
+            assert!(b.violation.is_none());
+        }
+    }
+}
