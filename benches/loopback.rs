@@ -22,11 +22,13 @@
 //! progress, and reported). The means over all iterations and the crate/raw ratios are printed
 //! at the end, and so are the crate's datagrams per message and per kernel message (GSO/GRO).
 //!
-//! Raw UDP runs twice: `raw` receives into the driver's batch (64 KiB slots, so GRO is on where
-//! the kernel has it, as for the crate), `raw-no-gro` into 2 KiB slots, one datagram per
-//! receive entry. Both send with GSO where the kernel has it, like the driver. On loopback GSO
-//! and GRO let the kernel move up to 64 datagrams as one, so `raw` is the same-syscalls
-//! baseline and `raw-no-gro` the per-datagram one.
+//! Raw UDP runs three times: `raw` receives into the driver's batch (64 KiB slots, so GRO is
+//! on where the kernel has it, as for the crate), `raw-no-gro` into 2 KiB slots, one datagram
+//! per receive entry. Both send with GSO where the kernel has it, like the driver. On loopback
+//! GSO and GRO let the kernel move up to 64 datagrams as one, so `raw` is the same-syscalls
+//! baseline and `raw-no-gro` the per-datagram one on receive. `raw-plain` turns both offloads
+//! off (`SocketOptions::offload`): `sendmmsg` and `recvmmsg` of 64 separate datagrams, plain
+//! UDP as an application without segmentation offload sends it.
 //!
 //! **Round-trip time** (own timed loop, after criterion): ping-pong of 64 B messages, the
 //! receiver echoing each one (the crate: an exactly-once message answered by an exactly-once
@@ -356,9 +358,12 @@ struct Raw {
 
 impl Raw {
     /// `recv_slot`: [`GRO_SLOT`] for the driver's receive batch (GRO on where the kernel has
-    /// it), [`PLAIN_SLOT`] for one datagram per receive entry.
-    fn bind(recv_slot: usize) -> Raw {
-        let mut sock = UdpSocket::bind(loopback(), &SocketOptions::default()).expect("bind");
+    /// it), [`PLAIN_SLOT`] for one datagram per receive entry. `offload`: GSO and GRO where
+    /// the kernel has them.
+    fn bind(recv_slot: usize, offload: bool) -> Raw {
+        let mut options = SocketOptions::default();
+        options.offload = offload;
+        let mut sock = UdpSocket::bind(loopback(), &options).expect("bind");
         let poll = Poll::new().expect("poll");
         poll.registry()
             .register(sock.source(), Token(0), Interest::READABLE)
@@ -413,9 +418,9 @@ impl Raw {
     }
 }
 
-fn raw_peer(wait: Wait, role: Role, recv_slot: usize) -> Peer {
+fn raw_peer(wait: Wait, role: Role, recv_slot: usize, offload: bool) -> Peer {
     Peer::spawn(move |tx, stop| {
-        let mut raw = Raw::bind(recv_slot);
+        let mut raw = Raw::bind(recv_slot, offload);
         tx.send(raw.sock.local_addr()).unwrap();
         let end = Instant::now() + THREAD_LIMIT;
         let mut received = 0u64;
@@ -591,16 +596,18 @@ fn bench_throughput(c: &mut Criterion) {
                 }
             }
 
-            let mut raw_rates = [0.0f64; 2];
+            let mut raw_rates = [0.0f64; 3];
             let mut raw_lost = (0u64, 0u64);
-            for (k, (name, slot)) in [("raw", GRO_SLOT), ("raw-no-gro", PLAIN_SLOT)]
-                .into_iter()
-                .enumerate()
-            {
+            let variants = [
+                ("raw", GRO_SLOT, true),
+                ("raw-no-gro", PLAIN_SLOT, true),
+                ("raw-plain", PLAIN_SLOT, false),
+            ];
+            for (k, (name, slot, offload)) in variants.into_iter().enumerate() {
                 let raw_total = Cell::new((0u64, Duration::ZERO));
                 let mut sender = RawSender::default();
-                let server = raw_peer(wait, Role::Sink, slot);
-                let mut raw = Raw::bind(slot);
+                let server = raw_peer(wait, Role::Sink, slot, offload);
+                let mut raw = Raw::bind(slot, offload);
                 g.bench_function(BenchmarkId::new(name, format!("{size}B")), |b| {
                     b.iter_custom(|iters| {
                         let mut took = Duration::ZERO;
@@ -647,16 +654,19 @@ fn bench_throughput(c: &mut Criterion) {
     println!("loopback throughput (mean over every iteration run, warm-up included):");
     println!(
         "| wait | size | crate msgs/s | raw msgs/s (GRO) | crate/raw | raw msgs/s (no GRO) | \
-         crate/raw (no GRO) | crate MB/s | raw lost |"
+         crate/raw (no GRO) | crate MB/s | raw lost | raw msgs/s (no GSO, no GRO) | \
+         crate/raw (no GSO, no GRO) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for (wait, size, c, [r, plain], (lost, sent)) in results {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (wait, size, c, [r, no_gro, plain], (lost, sent)) in results {
         println!(
-            "| {} | {size} B | {c:.0} | {r:.0} | {:.3} | {plain:.0} | {:.3} | {:.1} | {lost} of {sent} |",
+            "| {} | {size} B | {c:.0} | {r:.0} | {:.3} | {no_gro:.0} | {:.3} | {:.1} | {lost} of {sent} \
+             | {plain:.0} | {:.3} |",
             wait.name(),
             c / r,
-            c / plain,
+            c / no_gro,
             c * size as f64 / 1e6,
+            c / plain,
         );
     }
 }
@@ -711,8 +721,8 @@ fn rtt() {
         }
         let mut raw_h = LatencyHistogram::new();
         if only != "crate" {
-            let server = raw_peer(wait, Role::Echo, GRO_SLOT);
-            let mut raw = Raw::bind(GRO_SLOT);
+            let server = raw_peer(wait, Role::Echo, GRO_SLOT, true);
+            let mut raw = Raw::bind(GRO_SLOT, true);
             for i in 0..warm + count {
                 let d = raw_ping(&mut raw, server.addr, wait, &payload);
                 if i >= warm {
