@@ -2125,3 +2125,38 @@ fn retransmitted_runs_partly_received_deliver_each_message_once() {
         }
     }
 }
+
+/// A lost packet that carried no ACK brings no ACK back: the probe sent after the loss of a
+/// data packet, when everything received was already acknowledged, has no ACK frame. (Only a
+/// lost ACK the peer may not have seen is repeated.)
+#[test]
+fn a_lost_packet_without_an_ack_brings_no_ack_back() {
+    let now = t0();
+    let mut c = conn(Config::default(), now);
+    let mut buf = [0u8; 1500];
+    let frames_of = |buf: &[u8]| -> Vec<String> {
+        let (_, payload) = wire::open(buf, &Crc32).unwrap();
+        wire::frames(payload)
+            .map(|f| format!("{:?}", f.unwrap()).chars().take(4).collect())
+            .collect()
+    };
+    // The peer's PING, acknowledged once the ack delay has passed.
+    c.handle_datagram(now, &datagram(0, &[Frame::Ping]))
+        .unwrap();
+    let later = now + Duration::from_millis(5);
+    c.handle_timeout(later);
+    let n = c.poll_transmit(later, &mut buf).unwrap();
+    assert!(frames_of(&buf[..n]).iter().any(|f| f.starts_with("Ack")));
+    assert_eq!(c.poll_transmit(later, &mut buf), None);
+    // A message, in a packet with no ACK (nothing new to acknowledge); it is lost.
+    c.send(later, &[1; 10], Guarantee::ExactlyOnce).unwrap();
+    let n = c.poll_transmit(later, &mut buf).unwrap();
+    assert!(!frames_of(&buf[..n]).iter().any(|f| f.starts_with("Ack")));
+    // The probe timeout sends the message again, still without an ACK.
+    let t = c.poll_timeout().unwrap();
+    c.handle_timeout(t);
+    let n = c.poll_transmit(t, &mut buf).unwrap();
+    let probe = frames_of(&buf[..n]);
+    assert!(probe.iter().any(|f| f.starts_with("Mess")), "{probe:?}");
+    assert!(!probe.iter().any(|f| f.starts_with("Ack")), "{probe:?}");
+}
