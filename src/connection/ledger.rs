@@ -29,6 +29,9 @@ pub(super) enum SentFrame {
     ReliableRun { id: u64, count: u32 },
     /// Fragment `frag` of at-most-once message `id`.
     Amo { id: u64, frag: u32 },
+    /// Each at-most-once message `id..id + count` (at least 2), whole: what `count` `Amo`
+    /// frames with fragment 0 would say, for the messages of a MESSAGES frame.
+    AmoRun { id: u64, count: u32 },
 }
 
 #[derive(Clone, Copy, Debug)]

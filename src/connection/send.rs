@@ -311,6 +311,45 @@ impl Connection {
         Some(msg)
     }
 
+    /// An acknowledged packet carried the whole at-most-once messages `id..id + count`: each
+    /// still pending is Delivered, as [`take_amo`](Self::take_amo) and
+    /// [`deliver_outcome`](Self::deliver_outcome) would do one at a time, with the front of
+    /// the queue moved once for the run. Out of line: inlined, it costs the ACK path of other
+    /// packets registers.
+    #[inline(never)]
+    fn amo_run_acked(&mut self, id: u64, count: u32, latencies: &mut Latencies) {
+        let end = id + u64::from(count);
+        for id in id.max(self.amo_base)..end {
+            let idx = (id - self.amo_base) as usize;
+            let Some(slot) = self.amo_out.get_mut(idx) else {
+                break;
+            };
+            let Some(m) = slot else {
+                continue;
+            };
+            m.acked += 1;
+            if m.acked < m.count {
+                continue;
+            }
+            let Some(m) = slot.take() else {
+                continue;
+            };
+            self.pending_messages -= 1;
+            self.pending_bytes -= m.payload.len();
+            latencies.add(m.queued_at, &mut self.stats.latency);
+            self.deliver_outcome(id, Guarantee::AtMostOnce);
+            self.give_buffer(m.payload);
+        }
+        let before = self.amo_base;
+        while let Some(None) = self.amo_out.front() {
+            self.amo_out.pop_front();
+            self.amo_base += 1;
+        }
+        if self.amo_base != before {
+            self.amo_floor_dirty = true;
+        }
+    }
+
     /// Reports a message Delivered (its latency is recorded by the caller).
     fn deliver_outcome(&mut self, id: u64, guarantee: Guarantee) {
         self.stats.delivered += 1;
@@ -584,6 +623,11 @@ impl Connection {
                         self.fragment_received(pn, id, 0);
                     }
                 }
+                SentFrame::AmoRun { id, count } => {
+                    if !pkt.lost {
+                        self.amo_run_acked(id, count, latencies);
+                    }
+                }
                 SentFrame::Amo { id, frag: _ } => {
                     if pkt.lost {
                         continue;
@@ -725,6 +769,13 @@ impl Connection {
                 SentFrame::Amo { id, .. } => {
                     if lost {
                         self.abandon_amo(id, UndeliverableReason::Lost);
+                    }
+                }
+                SentFrame::AmoRun { id, count } => {
+                    if lost {
+                        for id in id..id + u64::from(count) {
+                            self.abandon_amo(id, UndeliverableReason::Lost);
+                        }
                     }
                 }
             }

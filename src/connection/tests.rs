@@ -2160,3 +2160,86 @@ fn a_lost_packet_without_an_ack_brings_no_ack_back() {
     assert!(probe.iter().any(|f| f.starts_with("Mess")), "{probe:?}");
     assert!(!probe.iter().any(|f| f.starts_with("Ack")), "{probe:?}");
 }
+
+/// At-most-once messages recorded as one ledger entry per MESSAGES frame end as they do with
+/// one entry per message (the packets are the same): the same Delivered and
+/// Undeliverable(Lost) events in the same order, the same latencies, queue front and floor
+/// after every round, and pending counts, with a quarter of the packets lost, gaps (messages whose deadline passed),
+/// fragmented messages and two channels among them.
+#[test]
+fn at_most_once_run_entries_end_messages_as_entries_per_message_do() {
+    use super::transmit::AMO_ENTRY_PER_MESSAGE;
+    let mut results = Vec::new();
+    for per_message in [false, true] {
+        AMO_ENTRY_PER_MESSAGE.with(|f| f.set(per_message));
+        let start = t0();
+        let config = Arc::new(Config::default().congestion(crate::CongestionControl::None));
+        let mut a = Connection::new(config.clone(), 1, 2, start).unwrap();
+        let mut b = Connection::new(config, 2, 1, start).unwrap();
+        let mut rng = crate::rng::Rng::new(9);
+        let (mut events, mut packets, mut runs) = (Vec::new(), 0u64, 0usize);
+        // The queue's front and floor after each round.
+        let mut fronts = Vec::new();
+        let mut buf = [0u8; 1500];
+        for round in 0..200u64 {
+            let now = start + Duration::from_millis(round);
+            if round < 100 {
+                for _ in 0..20 {
+                    let size = if rng.below(16) == 0 { 3000 } else { 40 };
+                    let mut opts = crate::message::SendOptions::new(Guarantee::AtMostOnce)
+                        .channel(u8::from(rng.below(8) == 0));
+                    if rng.below(10) == 0 {
+                        opts = opts.deadline(Duration::from_micros(500));
+                    }
+                    a.send_message(now, &vec![7; size], opts).unwrap();
+                }
+            }
+            a.handle_timeout(now);
+            b.handle_timeout(now);
+            while let Some(n) = a.poll_transmit(now, &mut buf) {
+                packets += 1;
+                let (_, payload) = wire::open(&buf[..n], &Crc32).unwrap();
+                runs += wire::frames(payload)
+                    .filter(|f| matches!(f, Ok(Frame::Messages(m)) if m.len() > 1))
+                    .count();
+                if rng.below(4) != 0 {
+                    b.handle_datagram(now, &buf[..n]).unwrap();
+                }
+            }
+            while let Some(n) = b.poll_transmit(now, &mut buf) {
+                a.handle_datagram(now, &buf[..n]).unwrap();
+            }
+            while let Some(ev) = a.poll_event() {
+                events.push(format!("{ev:?}"));
+            }
+            while b.poll_event().is_some() {}
+            fronts.push((a.amo_base, a.amo_floor_dirty, a.amo_floor_acked));
+        }
+        AMO_ENTRY_PER_MESSAGE.with(|f| f.set(false));
+        assert!(runs > 50, "{runs} runs");
+        let s = a.stats();
+        results.push((
+            events,
+            fronts,
+            packets,
+            (
+                a.amo_base,
+                a.amo_floor_acked,
+                a.pending_messages,
+                a.pending_bytes,
+            ),
+            (s.delivered, s.latency.count(), s.latency.quantile(0.5)),
+        ));
+    }
+    let delivered = results[0]
+        .0
+        .iter()
+        .filter(|e| e.starts_with("Delivered"))
+        .count();
+    let lost = results[0].0.iter().filter(|e| e.contains("Lost")).count();
+    assert!(
+        delivered > 1000 && lost > 100,
+        "{delivered} delivered, {lost} lost"
+    );
+    assert_eq!(results[0], results[1]);
+}

@@ -32,6 +32,25 @@ fn one_pass() -> bool {
     !ONE_FRAME_AT_A_TIME.with(std::cell::Cell::get)
 }
 
+/// Whether an at-most-once MESSAGES frame is recorded as one `AmoRun` ledger entry; off in
+/// tests that compare with one `Amo` entry per message (the same packets either way).
+#[cfg(not(test))]
+#[inline(always)]
+fn amo_run_entries() -> bool {
+    true
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test switch: at-most-once MESSAGES frames are recorded one `Amo` entry per message.
+    pub(super) static AMO_ENTRY_PER_MESSAGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn amo_run_entries() -> bool {
+    !AMO_ENTRY_PER_MESSAGE.with(std::cell::Cell::get)
+}
+
 /// Which queue the next message fragment comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
@@ -670,11 +689,13 @@ impl Connection {
         let end = self.amo_base + self.config.amo_window;
         let amo = Guarantee::AtMostOnce;
         let mut wrote = false;
-        let mut batch: Option<MessagesWriter<'a>> = None;
+        // The MESSAGES frame being filled and the id of its first message; its ledger entry
+        // is written when it ends.
+        let mut batch: Option<(MessagesWriter<'a>, u64)> = None;
         let mut slots = self.amo_out.range_mut(start).peekable();
         'slots: while let Some(slot) = slots.next() {
             let Some(msg) = slot else {
-                batch = None;
+                end_amo_batch(&mut batch, &mut self.ledger);
                 id += 1;
                 frag = 0;
                 continue;
@@ -683,7 +704,7 @@ impl Connection {
                 break;
             }
             if frag == 0 && msg.count <= 1 {
-                if let Some(b) = &mut batch
+                if let Some((b, _)) = &mut batch
                     && !b.is_full()
                     && b.channel() == msg.channel
                 {
@@ -691,29 +712,32 @@ impl Connection {
                         break;
                     }
                 } else {
+                    end_amo_batch(&mut batch, &mut self.ledger);
                     let pairs = id + 1 < end
                         && matches!(slots.peek(), Some(Some(next))
                             if next.count <= 1 && next.channel == msg.channel
                                 && queued_before.is_none_or(|t| next.queued_at < t));
                     let ch = msg.channel;
                     batch = if pairs {
-                        MessagesWriter::begin(w, amo, ch, id, None, &msg.payload).ok()
+                        MessagesWriter::begin(w, amo, ch, id, None, &msg.payload)
+                            .ok()
+                            .map(|b| (b, id))
                     } else {
                         None
                     };
-                    if batch.is_none()
-                        && wire::emit_whole_message(amo, ch, id, None, &msg.payload, w).is_err()
-                    {
-                        break;
+                    if batch.is_none() {
+                        if wire::emit_whole_message(amo, ch, id, None, &msg.payload, w).is_err() {
+                            break;
+                        }
+                        self.ledger.push_frame(SentFrame::Amo { id, frag: 0 });
                     }
                 }
                 msg.sent += 1;
-                self.ledger.push_frame(SentFrame::Amo { id, frag: 0 });
                 wrote = true;
                 id += 1;
                 continue;
             }
-            batch = None;
+            end_amo_batch(&mut batch, &mut self.ledger);
             while frag < msg.count {
                 if !write_out_amo_fragment(msg, &mut self.ledger, id, frag, w) {
                     break 'slots;
@@ -724,6 +748,7 @@ impl Connection {
             id += 1;
             frag = 0;
         }
+        end_amo_batch(&mut batch, &mut self.ledger);
         self.amo_cursor = (id, frag);
         wrote
     }
@@ -884,6 +909,22 @@ fn end_batch(batch: &mut Option<Batch<'_>>, ledger: &mut Ledger) {
         } else {
             SentFrame::ReliableRun { id, count }
         });
+    }
+}
+
+/// Records the at-most-once messages of the MESSAGES frame being written by `write_new_amo`,
+/// if any, in the packet's ledger entry (one entry for the run), and ends it.
+#[inline(always)]
+fn end_amo_batch(batch: &mut Option<(MessagesWriter<'_>, u64)>, ledger: &mut Ledger) {
+    if let Some((b, id)) = batch.take() {
+        let count = b.len() as u32;
+        if count == 1 || !amo_run_entries() {
+            for id in id..id + u64::from(count) {
+                ledger.push_frame(SentFrame::Amo { id, frag: 0 });
+            }
+        } else {
+            ledger.push_frame(SentFrame::AmoRun { id, count });
+        }
     }
 }
 
@@ -1566,6 +1607,9 @@ mod tests {
                         match f {
                             SentFrame::ReliableRun { id, count } => ledger.extend(
                                 (id..id + u64::from(count)).map(|id| format!("{:?}", SentFrame::Reliable { id, frag: 0 })),
+                            ),
+                            SentFrame::AmoRun { id, count } => ledger.extend(
+                                (id..id + u64::from(count)).map(|id| format!("{:?}", SentFrame::Amo { id, frag: 0 })),
                             ),
                             f => ledger.push(format!("{f:?}")),
                         }
