@@ -300,6 +300,14 @@ impl Connection {
         let msg = self.amo_out.get_mut(idx)?.take()?;
         self.pending_messages -= 1;
         self.pending_bytes -= msg.payload.len();
+        self.advance_amo_front();
+        Some(msg)
+    }
+
+    /// Drops the at-most-once queue's front slots whose messages have an outcome; the floor
+    /// the peer is told of rises with them.
+    #[inline]
+    fn advance_amo_front(&mut self) {
         let before = self.amo_base;
         while let Some(None) = self.amo_out.front() {
             self.amo_out.pop_front();
@@ -308,7 +316,6 @@ impl Connection {
         if self.amo_base != before {
             self.amo_floor_dirty = true;
         }
-        Some(msg)
     }
 
     /// An acknowledged packet carried the whole at-most-once messages `id..id + count`: each
@@ -340,14 +347,7 @@ impl Connection {
             self.deliver_outcome(id, Guarantee::AtMostOnce);
             self.give_buffer(m.payload);
         }
-        let before = self.amo_base;
-        while let Some(None) = self.amo_out.front() {
-            self.amo_out.pop_front();
-            self.amo_base += 1;
-        }
-        if self.amo_base != before {
-            self.amo_floor_dirty = true;
-        }
+        self.advance_amo_front();
     }
 
     /// Reports a message Delivered (its latency is recorded by the caller).

@@ -13,42 +13,45 @@ use crate::wire::{
     PacketType, WireError, Writer,
 };
 
-/// Whether new reliable messages may be written in one pass (MESSAGES frames) while
-/// at-most-once messages wait too; off in tests that compare with one frame per message.
-#[cfg(not(test))]
-#[inline(always)]
-fn one_pass() -> bool {
-    true
+/// Defines `fn $name() -> bool`: always `true` in builds; in tests `true` unless the
+/// thread-local switch `$switch` is set, so that a test can compare a fast path with the way
+/// it replaces.
+macro_rules! test_switch {
+    ($(#[$doc:meta])* fn $name:ident; $(#[$switch_doc:meta])* static $switch:ident;) => {
+        $(#[$doc])*
+        #[cfg(not(test))]
+        #[inline(always)]
+        fn $name() -> bool {
+            true
+        }
+
+        #[cfg(test)]
+        thread_local! {
+            $(#[$switch_doc])*
+            pub(super) static $switch: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+
+        #[cfg(test)]
+        fn $name() -> bool {
+            !$switch.with(std::cell::Cell::get)
+        }
+    };
 }
 
-#[cfg(test)]
-thread_local! {
+test_switch! {
+    /// Whether new reliable messages may be written in one pass (MESSAGES frames) while
+    /// at-most-once messages wait too; off in tests that compare with one frame per message.
+    fn one_pass;
     /// Test switch: new messages go one frame at a time whenever at-most-once messages wait.
-    pub(super) static ONE_FRAME_AT_A_TIME: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static ONE_FRAME_AT_A_TIME;
 }
 
-#[cfg(test)]
-fn one_pass() -> bool {
-    !ONE_FRAME_AT_A_TIME.with(std::cell::Cell::get)
-}
-
-/// Whether an at-most-once MESSAGES frame is recorded as one `AmoRun` ledger entry; off in
-/// tests that compare with one `Amo` entry per message (the same packets either way).
-#[cfg(not(test))]
-#[inline(always)]
-fn amo_run_entries() -> bool {
-    true
-}
-
-#[cfg(test)]
-thread_local! {
+test_switch! {
+    /// Whether an at-most-once MESSAGES frame is recorded as one `AmoRun` ledger entry; off in
+    /// tests that compare with one `Amo` entry per message (the same packets either way).
+    fn amo_run_entries;
     /// Test switch: at-most-once MESSAGES frames are recorded one `Amo` entry per message.
-    pub(super) static AMO_ENTRY_PER_MESSAGE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-#[cfg(test)]
-fn amo_run_entries() -> bool {
-    !AMO_ENTRY_PER_MESSAGE.with(std::cell::Cell::get)
+    static AMO_ENTRY_PER_MESSAGE;
 }
 
 /// Which queue the next message fragment comes from.
@@ -541,13 +544,7 @@ impl Connection {
                         && queued_by.is_none_or(|t| next.queued_at <= t));
                 let (g, ch, seq) = (msg.guarantee, msg.channel, msg.chan_seq);
                 if pairs {
-                    batch = MessagesWriter::begin(w, g, ch, id, seq, &msg.payload)
-                        .ok()
-                        .map(|writer| Batch {
-                            writer,
-                            first_id: id,
-                            next_seq: seq.map(|s| s + 1),
-                        });
+                    batch = Batch::begin(w, msg, id);
                 }
                 if batch.is_some() {
                     set_in_flight(msg, pn, 0);
@@ -621,14 +618,7 @@ impl Connection {
                         && matches!(self.outbox.get(idx + 1), Some(Some(n))
                             if pairs_with(msg, n) && queued(n, 0));
                     if pairs {
-                        let (g, ch, seq) = (msg.guarantee, msg.channel, msg.chan_seq);
-                        batch = MessagesWriter::begin(w, g, ch, id, seq, &msg.payload)
-                            .ok()
-                            .map(|writer| Batch {
-                                writer,
-                                first_id: id,
-                                next_seq: seq.map(|s| s + 1),
-                            });
+                        batch = Batch::begin(w, msg, id);
                     }
                     if batch.is_none() {
                         // Alone, or no room for the frame's count byte: a MESSAGE frame.
@@ -887,7 +877,21 @@ struct Batch<'a> {
     next_seq: Option<u64>,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
+    /// Starts a MESSAGES frame with whole message `msg`, id `id`; `None` when the frame does
+    /// not fit.
+    #[inline(always)]
+    fn begin(w: &mut Writer<'a>, msg: &OutMsg, id: u64) -> Option<Self> {
+        let seq = msg.chan_seq;
+        MessagesWriter::begin(w, msg.guarantee, msg.channel, id, seq, &msg.payload)
+            .ok()
+            .map(|writer| Batch {
+                writer,
+                first_id: id,
+                next_seq: seq.map(|s| s + 1),
+            })
+    }
+
     /// Whether whole message `msg` (with the next id) may join the frame.
     #[inline(always)]
     fn takes(&self, msg: &OutMsg) -> bool {
@@ -1021,6 +1025,29 @@ mod tests {
     }
 
     /// What the outbox and ledger say about what was sent.
+    /// A connection with the default configuration, and the instant it was made at.
+    fn default_connection() -> (Connection, Instant) {
+        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
+        let t0 = Instant::now();
+        (
+            Connection::new(Arc::new(Config::default()), 1, 2, t0).unwrap(),
+            t0,
+        )
+    }
+
+    /// Every fragment of every reliable message of `c` is in flight.
+    fn assert_all_in_flight(c: &Connection) {
+        let states = sent_state(c);
+        assert!(
+            states
+                .iter()
+                .flatten()
+                .flatten()
+                .all(|f| matches!(f, FragState::InFlight(_))),
+            "{states:?}"
+        );
+    }
+
     fn sent_state(c: &Connection) -> Vec<Option<Vec<FragState>>> {
         c.outbox
             .iter()
@@ -1186,9 +1213,7 @@ mod tests {
     /// outcome (a gap) ends a run.
     #[test]
     fn at_most_once_runs_share_messages_frames() {
-        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
-        let t0 = Instant::now();
-        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, t0).unwrap();
+        let (mut c, t0) = default_connection();
         for (ch, size) in [
             (0u8, 20),
             (0, 20),
@@ -1263,9 +1288,7 @@ mod tests {
     /// queued, each turn's run in one MESSAGES frame.
     #[test]
     fn mixed_guarantees_go_out_in_queue_order_in_runs() {
-        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
-        let t0 = Instant::now();
-        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, t0).unwrap();
+        let (mut c, t0) = default_connection();
         let mut now = t0;
         let turns = [
             Guarantee::AtMostOnce,
@@ -1309,9 +1332,7 @@ mod tests {
     /// the rest queued for the next.
     #[test]
     fn retransmission_runs_end_at_ordering_changes_other_frames_and_full_packets() {
-        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
-        let t0 = Instant::now();
-        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, t0).unwrap();
+        let (mut c, t0) = default_connection();
         // 0, 1 ordered; 2, 3 unordered; 4, 5 ordered (all on channel 0); 6 fragmented; 7..
         // whole.
         for i in 0..30u8 {
@@ -1375,13 +1396,7 @@ mod tests {
         assert_eq!(frames[4], (false, None, vec![2, 3]));
         assert_eq!(frames[5], (true, None, vec![4, 5]));
         assert!(packets > 2, "runs cut by the end of the packet");
-        assert!(
-            sent_state(&c)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .all(|f| matches!(f, FragState::InFlight(_)))
-        );
+        assert_all_in_flight(&c);
     }
 
     /// Messages queued again after a loss go out in MESSAGES runs, as new ones do: ids queued
@@ -1390,9 +1405,7 @@ mod tests {
     /// (10).
     #[test]
     fn retransmitted_messages_go_in_runs() {
-        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
-        let t0 = Instant::now();
-        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, t0).unwrap();
+        let (mut c, t0) = default_connection();
         for i in 0..12u8 {
             let opts = SendOptions::new(Guarantee::ExactlyOnce).channel(u8::from(i == 9));
             let size = if i == 10 { 3000 } else { 10 };
@@ -1420,22 +1433,14 @@ mod tests {
         ];
         assert_eq!(again, expected);
         assert!(c.retx.is_empty());
-        assert!(
-            sent_state(&c)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .all(|f| matches!(f, FragState::InFlight(_)))
-        );
+        assert_all_in_flight(&c);
     }
 
     /// A cursor left part-way through a fragmented message that was then abandoned (not at
     /// the front of the outbox) starts the next message at its first fragment.
     #[test]
     fn a_gap_resets_a_cursor_left_inside_a_fragmented_message() {
-        #[allow(clippy::disallowed_methods)] // a base instant; its value is irrelevant
-        let now = Instant::now();
-        let mut c = Connection::new(Arc::new(Config::default()), 1, 2, now).unwrap();
+        let (mut c, now) = default_connection();
         let o = SendOptions::new(Guarantee::ExactlyOnce);
         c.send_message(now, &[9u8; 10], o).unwrap(); // id 0, stays pending
         c.send_message(now, &[1u8; 4000], o).unwrap(); // id 1, fragmented
