@@ -18,6 +18,31 @@
 //! from one call to the next. The connection never reads a clock, never sleeps and never does
 //! I/O; it panics only on a bug, never on anything a peer sends.
 
+/// Defines `fn $name() -> bool`: always `true` in builds; in tests `true` unless the
+/// thread-local switch `$switch` is set, so that a test can compare a fast path with the way
+/// it replaces.
+macro_rules! test_switch {
+    ($(#[$doc:meta])* fn $name:ident; $(#[$switch_doc:meta])* static $switch:ident;) => {
+        $(#[$doc])*
+        #[cfg(not(test))]
+        #[inline(always)]
+        fn $name() -> bool {
+            true
+        }
+
+        #[cfg(test)]
+        thread_local! {
+            $(#[$switch_doc])*
+            pub(super) static $switch: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+
+        #[cfg(test)]
+        fn $name() -> bool {
+            !$switch.with(std::cell::Cell::get)
+        }
+    };
+}
+
 mod channel;
 mod ledger;
 mod reassembly;

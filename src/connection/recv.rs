@@ -46,23 +46,12 @@ struct PacketEffect {
     close: Option<(u64, String)>,
 }
 
-/// Whether the fast paths for messages in line may be taken: always, outside tests.
-#[cfg(not(test))]
-#[inline(always)]
-fn fast_paths() -> bool {
-    true
-}
-
-#[cfg(test)]
-thread_local! {
+test_switch! {
+    /// Whether the fast paths for messages in line may be taken: always, outside tests.
+    fn fast_paths;
     /// Test switch: every message takes the general path, to check that the fast paths leave
     /// the same state and events.
-    pub(super) static GENERAL_PATH_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-#[cfg(test)]
-fn fast_paths() -> bool {
-    !GENERAL_PATH_ONLY.with(std::cell::Cell::get)
+    static GENERAL_PATH_ONLY;
 }
 
 #[cfg(test)]

@@ -64,6 +64,20 @@ fn message(g: Guarantee, id: u64, payload: &[u8]) -> Frame<'_> {
 
 use crate::message::Guarantee;
 
+/// Runs `f` with every message on the general receive path (the fast paths off), and turns
+/// them on again afterwards, also if `f` panics.
+fn general_only<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            super::recv::GENERAL_PATH_ONLY.with(|g| g.set(false));
+        }
+    }
+    super::recv::GENERAL_PATH_ONLY.with(|g| g.set(true));
+    let _reset = Reset;
+    f()
+}
+
 fn messages(c: &mut Connection) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(ev) = c.poll_event() {
@@ -689,7 +703,7 @@ fn a_messages_run_with_room_for_part_of_it_delivers_that_part_and_is_not_acknowl
     // three: a run of four next in line delivers two, drops the rest, and leaves its packet
     // unacknowledged; the same run again, once the application took the two, delivers the
     // other two and is acknowledged. The general path does exactly the same.
-    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    use super::recv::FAST_PATH_HITS;
     let now = t0();
     let config = Config::default()
         .max_message_size(100)
@@ -712,9 +726,7 @@ fn a_messages_run_with_room_for_part_of_it_delivers_that_part_and_is_not_acknowl
     for pn in [1, 2] {
         let d = datagram(pn, &[run]);
         fast.handle_datagram(now, &d).unwrap();
-        GENERAL_PATH_ONLY.with(|g| g.set(true));
-        general.handle_datagram(now, &d).unwrap();
-        GENERAL_PATH_ONLY.with(|g| g.set(false));
+        general_only(|| general.handle_datagram(now, &d).unwrap());
         assert_eq!(receive_side(&fast), receive_side(&general), "packet {pn}");
         // The first is dropped for want of room, the copy taken whole (two copies, two new).
         assert_eq!(fast.stats.dropped_no_room, 1, "packet {pn}");
@@ -752,9 +764,7 @@ fn a_messages_run_with_room_for_part_of_it_delivers_that_part_and_is_not_acknowl
     ] {
         let d = datagram(pn, frames);
         fast.handle_datagram(now, &d).unwrap();
-        GENERAL_PATH_ONLY.with(|g| g.set(true));
-        general.handle_datagram(now, &d).unwrap();
-        GENERAL_PATH_ONLY.with(|g| g.set(false));
+        general_only(|| general.handle_datagram(now, &d).unwrap());
         assert_eq!(receive_side(&fast), receive_side(&general), "packet {pn}");
     }
     assert_eq!(fast.stats.dropped_no_room, 2);
@@ -769,7 +779,7 @@ fn an_at_most_once_run_with_room_for_part_of_it_matches_the_general_path() {
     // dropped for want of room (so the packet is not acknowledged) and the 4-byte one still
     // fits. A run whose ids arrived before, or that finds no room for its first message,
     // goes message by message. The general path does exactly the same.
-    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    use super::recv::FAST_PATH_HITS;
     let now = t0();
     let q = crate::limits::QUEUED_EVENT_COST;
     let config = Config::default()
@@ -797,9 +807,7 @@ fn an_at_most_once_run_with_room_for_part_of_it_matches_the_general_path() {
     let step = |pn: u32, frame: &[u8], fast: &mut Connection, general: &mut Connection| {
         let d = datagram(pn, &[one_frame(frame)]);
         fast.handle_datagram(now, &d).unwrap();
-        GENERAL_PATH_ONLY.with(|g| g.set(true));
-        general.handle_datagram(now, &d).unwrap();
-        GENERAL_PATH_ONLY.with(|g| g.set(false));
+        general_only(|| general.handle_datagram(now, &d).unwrap());
         assert_eq!(receive_side(fast), receive_side(general), "packet {pn}");
         fast.rx.received.contains(u64::from(pn))
     };
@@ -839,7 +847,7 @@ fn a_run_ahead_of_the_cumulative_point_matches_the_general_path() {
     // FORWARD that abandoned id 7, which is then never delivered (and the run goes message
     // by message). Unordered and ordered (held back in channel 1, positions equal to the ids),
     // the run's fast path leaves what the general path leaves.
-    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    use super::recv::FAST_PATH_HITS;
     // With `partial`, the receive buffer has room for id 10 and two more messages: the run is
     // taken in part, the packet is not acknowledged, and nothing is due at once.
     let q = crate::limits::QUEUED_EVENT_COST;
@@ -899,9 +907,7 @@ fn a_run_ahead_of_the_cumulative_point_matches_the_general_path() {
         let mut buf = [0u8; 1500];
         for (pn, d) in packets.iter().enumerate() {
             fast.handle_datagram(now, d).unwrap();
-            GENERAL_PATH_ONLY.with(|g| g.set(true));
-            general.handle_datagram(now, d).unwrap();
-            GENERAL_PATH_ONLY.with(|g| g.set(false));
+            general_only(|| general.handle_datagram(now, d).unwrap());
             assert_eq!(
                 receive_side(&fast),
                 receive_side(&general),
@@ -946,7 +952,6 @@ fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
     // receivers: one takes the fast paths for messages in line, the other only the general
     // path. Every result, event, reply and the whole receive state must be the same. The
     // traffic mixes guarantees, ordered channels, fragments and abandoned messages (FORWARD).
-    use super::recv::GENERAL_PATH_ONLY;
     use crate::message::SendOptions;
     let mut in_line = 0;
     for seed in 0..10 {
@@ -1013,9 +1018,7 @@ fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
                 let times = if rng.chance(copies) { 2 } else { 1 };
                 for _ in 0..times {
                     let a = fast.handle_datagram(now, &d);
-                    GENERAL_PATH_ONLY.with(|g| g.set(true));
-                    let b = general.handle_datagram(now, &d);
-                    GENERAL_PATH_ONLY.with(|g| g.set(false));
+                    let b = general_only(|| general.handle_datagram(now, &d));
                     assert_eq!(
                         format!("{a:?}"),
                         format!("{b:?}"),
@@ -1059,9 +1062,7 @@ fn fast_paths_leave_the_same_state_and_events_as_the_general_path() {
             now += Duration::from_millis(rng.range_inclusive(0, 3));
             s.handle_timeout(now);
             fast.handle_timeout(now);
-            GENERAL_PATH_ONLY.with(|g| g.set(true));
-            general.handle_timeout(now);
-            GENERAL_PATH_ONLY.with(|g| g.set(false));
+            general_only(|| general.handle_timeout(now));
             assert_eq!(
                 receive_side(&fast),
                 receive_side(&general),
@@ -1122,7 +1123,6 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
     // FORWARD entries; MESSAGES frames of runs from the front, repeated or ahead, now and then
     // with a receive buffer too small for the whole run. One receiver takes the fast paths,
     // the other only the general path; everything observable must be the same.
-    use super::recv::GENERAL_PATH_ONLY;
 
     /// Each reliable id's channel and position, assigned in id order as a sender would.
     struct Meta {
@@ -1340,9 +1340,7 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
             let d = datagram(pn, &frames);
             let before = fast.stats.messages_received;
             let a = fast.handle_datagram(now, &d);
-            GENERAL_PATH_ONLY.with(|g| g.set(true));
-            let b = general.handle_datagram(now, &d);
-            GENERAL_PATH_ONLY.with(|g| g.set(false));
+            let b = general_only(|| general.handle_datagram(now, &d));
             delivered += fast.stats.messages_received - before;
             let ctx = format!("seed {seed} step {step} {frames:?}");
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
@@ -1720,7 +1718,7 @@ fn hostile_at_most_once_runs_match_the_general_path() {
     // that cross the window's end or start beyond it or below its base, long runs, floors
     // near 2^62, a receive buffer too small for a run. The run's fast path and the general
     // path must leave the same results, state and events.
-    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    use super::recv::FAST_PATH_HITS;
     let g = Guarantee::AtMostOnce;
     let mut rng = crate::rng::Rng::new(42);
     let mut fast_hits = 0u64;
@@ -1786,9 +1784,7 @@ fn hostile_at_most_once_runs_match_the_general_path() {
             let before = FAST_PATH_HITS.with(std::cell::Cell::get)[5];
             let a = fast.handle_datagram(now, &d);
             fast_hits += FAST_PATH_HITS.with(std::cell::Cell::get)[5] - before;
-            GENERAL_PATH_ONLY.with(|x| x.set(true));
-            let b = general.handle_datagram(now, &d);
-            GENERAL_PATH_ONLY.with(|x| x.set(false));
+            let b = general_only(|| general.handle_datagram(now, &d));
             let ctx = format!("seed {seed} pn {pn} {frames:?}");
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
             assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
@@ -1815,7 +1811,7 @@ fn hostile_reliable_runs_match_the_general_path() {
     // receive buffers; both acknowledgement modes, with tokens acknowledged, rejected or kept
     // a while. The runs' fast paths and the general path must leave the same results, state
     // and events.
-    use super::recv::{FAST_PATH_HITS, GENERAL_PATH_ONLY};
+    use super::recv::FAST_PATH_HITS;
     let payload: Vec<u8> = (0..=255).collect();
     let mut resets = 0;
     let h0 = FAST_PATH_HITS.with(std::cell::Cell::get);
@@ -1944,9 +1940,7 @@ fn hostile_reliable_runs_match_the_general_path() {
             pn += 1;
             let d = datagram(pn, &frames);
             let a = fast.handle_datagram(now, &d);
-            GENERAL_PATH_ONLY.with(|g| g.set(true));
-            let b = general.handle_datagram(now, &d);
-            GENERAL_PATH_ONLY.with(|g| g.set(false));
+            let b = general_only(|| general.handle_datagram(now, &d));
             let ctx = format!("seed {seed} step {step} {frames:?}");
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
             assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
@@ -1968,13 +1962,13 @@ fn hostile_reliable_runs_match_the_general_path() {
                         } else {
                             fast.ack(now, ta).unwrap();
                         }
-                        GENERAL_PATH_ONLY.with(|g| g.set(true));
-                        if rej {
-                            general.reject(now, tb).unwrap();
-                        } else {
-                            general.ack(now, tb).unwrap();
-                        }
-                        GENERAL_PATH_ONLY.with(|g| g.set(false));
+                        general_only(|| {
+                            if rej {
+                                general.reject(now, tb).unwrap();
+                            } else {
+                                general.ack(now, tb).unwrap();
+                            }
+                        });
                     }
                 }
                 if n_ev > 0 && rng.chance(0.3) {
@@ -1984,18 +1978,14 @@ fn hostile_reliable_runs_match_the_general_path() {
             if rng.chance(0.3) {
                 while let Some((ta, tb)) = keep.pop() {
                     let _ = fast.ack(now, ta);
-                    GENERAL_PATH_ONLY.with(|g| g.set(true));
-                    let _ = general.ack(now, tb);
-                    GENERAL_PATH_ONLY.with(|g| g.set(false));
+                    let _ = general_only(|| general.ack(now, tb));
                 }
             }
             assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
             if rng.chance(0.2) {
                 now += Duration::from_millis(rng.below(8));
                 fast.handle_timeout(now);
-                GENERAL_PATH_ONLY.with(|g| g.set(true));
-                general.handle_timeout(now);
-                GENERAL_PATH_ONLY.with(|g| g.set(false));
+                general_only(|| general.handle_timeout(now));
                 assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
             }
         }

@@ -13,31 +13,6 @@ use crate::wire::{
     PacketType, WireError, Writer,
 };
 
-/// Defines `fn $name() -> bool`: always `true` in builds; in tests `true` unless the
-/// thread-local switch `$switch` is set, so that a test can compare a fast path with the way
-/// it replaces.
-macro_rules! test_switch {
-    ($(#[$doc:meta])* fn $name:ident; $(#[$switch_doc:meta])* static $switch:ident;) => {
-        $(#[$doc])*
-        #[cfg(not(test))]
-        #[inline(always)]
-        fn $name() -> bool {
-            true
-        }
-
-        #[cfg(test)]
-        thread_local! {
-            $(#[$switch_doc])*
-            pub(super) static $switch: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        }
-
-        #[cfg(test)]
-        fn $name() -> bool {
-            !$switch.with(std::cell::Cell::get)
-        }
-    };
-}
-
 test_switch! {
     /// Whether new reliable messages may be written in one pass (MESSAGES frames) while
     /// at-most-once messages wait too; off in tests that compare with one frame per message.
