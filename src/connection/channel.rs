@@ -86,13 +86,14 @@ impl OrderedChannel {
         self.next += n;
     }
 
-    /// The bytes [`held_bytes`](Self::held_bytes) would grow by if an entry with `len` bytes
-    /// of payload were held at `seq` (`seq > next`, not held yet): its payload, and the slots
-    /// the ring grows by.
-    pub fn hold_cost(&self, seq: u64, len: usize) -> usize {
+    /// The bytes [`held_bytes`](Self::held_bytes) would grow by if `item` were held at `seq`
+    /// (`seq > next`, not held yet): its payload, and the slots the ring grows by.
+    pub fn hold_cost(&self, seq: u64, item: &Held) -> usize {
         let slots = usize::try_from(seq.saturating_sub(self.next)).unwrap_or(usize::MAX);
         let added = slots.saturating_sub(self.held.len());
-        added.saturating_mul(HELD_ENTRY_COST).saturating_add(len)
+        added
+            .saturating_mul(HELD_ENTRY_COST)
+            .saturating_add(payload_len(item))
     }
 
     /// Whether the positions `seq..seq + n` are all ahead of the next one and none is held:
@@ -171,7 +172,7 @@ impl OrderedChannel {
 }
 
 /// Payload bytes of a held entry.
-pub(super) fn payload_len(item: &Held) -> usize {
+fn payload_len(item: &Held) -> usize {
     match item {
         Held::Message { payload, .. } => payload.len(),
         Held::Skip => 0,
@@ -239,7 +240,7 @@ mod tests {
             let seq = (next + ahead).saturating_sub(2);
             let skip = rng.chance(0.1);
             let item = if skip { Held::Skip } else { msg(step) };
-            let predicted = (seq > ch.next()).then(|| ch.hold_cost(seq, payload_len(&item)));
+            let predicted = (seq > ch.next()).then(|| ch.hold_cost(seq, &item));
             let before = ch.held_bytes();
             let fresh = seq >= next && !model.contains_key(&seq);
             assert_eq!(ch.offer(seq, item, |h| out.push(h)), fresh, "step {step}");

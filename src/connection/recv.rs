@@ -166,8 +166,7 @@ impl RecvState {
         if !limits.in_window(seq, ch.next()) {
             return Err("channel sequence number beyond the window");
         }
-        let len = super::channel::payload_len(&item);
-        if seq > ch.next() && !limits.admit_recv_bytes(buffered, ch.hold_cost(seq, len)) {
+        if seq > ch.next() && !limits.admit_recv_bytes(buffered, ch.hold_cost(seq, &item)) {
             return Ok(false);
         }
         let before = ch.held_bytes();

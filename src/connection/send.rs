@@ -277,11 +277,6 @@ impl Connection {
         self.outbox.get(idx)?.as_ref()
     }
 
-    pub(super) fn amo_get_mut(&mut self, id: u64) -> Option<&mut AmoOut> {
-        let idx = usize::try_from(id.checked_sub(self.amo_base)?).ok()?;
-        self.amo_out.get_mut(idx)?.as_mut()
-    }
-
     /// Takes a reliable message out of the outbox (it has an outcome).
     fn take_out(&mut self, id: u64) -> Option<OutMsg> {
         let idx = usize::try_from(id.checked_sub(self.out_base)?).ok()?;
@@ -318,13 +313,14 @@ impl Connection {
         }
     }
 
-    /// An acknowledged packet carried the whole at-most-once messages `id..id + count`: each
-    /// still pending is Delivered, as [`take_amo`](Self::take_amo) and
+    /// An acknowledged packet carried a fragment of each at-most-once message `id..id +
+    /// count` (a MESSAGES run, or one message or fragment): each one with every fragment now
+    /// acknowledged is Delivered, as [`take_amo`](Self::take_amo) and
     /// [`deliver_outcome`](Self::deliver_outcome) would do one at a time, with the front of
-    /// the queue moved once for the run. Out of line: inlined, it costs the ACK path of other
-    /// packets registers.
+    /// the queue moved once. Out of line: inlined, it costs the ACK path of other packets
+    /// registers.
     #[inline(never)]
-    fn amo_run_acked(&mut self, id: u64, count: u32, latencies: &mut Latencies) {
+    fn amo_acked(&mut self, id: u64, count: u32, latencies: &mut Latencies) {
         let end = id + u64::from(count);
         for id in id.max(self.amo_base)..end {
             let idx = (id - self.amo_base) as usize;
@@ -625,26 +621,12 @@ impl Connection {
                 }
                 SentFrame::AmoRun { id, count } => {
                     if !pkt.lost {
-                        self.amo_run_acked(id, count, latencies);
+                        self.amo_acked(id, count, latencies);
                     }
                 }
                 SentFrame::Amo { id, frag: _ } => {
-                    if pkt.lost {
-                        continue;
-                    }
-                    let done = match self.amo_get_mut(id) {
-                        Some(m) => {
-                            m.acked += 1;
-                            m.acked == m.count
-                        }
-                        None => false,
-                    };
-                    if done {
-                        if let Some(m) = self.take_amo(id) {
-                            latencies.add(m.queued_at, &mut self.stats.latency);
-                            self.deliver_outcome(id, Guarantee::AtMostOnce);
-                            self.give_buffer(m.payload);
-                        }
+                    if !pkt.lost {
+                        self.amo_acked(id, 1, latencies);
                     }
                 }
             }
