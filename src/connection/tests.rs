@@ -78,6 +78,26 @@ fn general_only<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// With probability `p` one of the two 10-byte halves of a 20-byte message, else a whole
+/// message of below `whole_below` bytes: the fragment, if any, and the payload length.
+fn random_fragment(
+    rng: &mut crate::rng::Rng,
+    p: f64,
+    whole_below: u64,
+) -> (Option<wire::Fragment>, usize) {
+    if rng.chance(p) {
+        let index = rng.below(2);
+        let fragment = wire::Fragment {
+            total_len: 20,
+            count: 2,
+            index,
+        };
+        (Some(fragment), 10)
+    } else {
+        (None, rng.below(whole_below) as usize)
+    }
+}
+
 fn messages(c: &mut Connection) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(ev) = c.poll_event() {
@@ -1277,16 +1297,7 @@ fn fast_paths_match_the_general_path_for_an_arbitrary_peer() {
                 frames.push(wire::frames(&batch_raw[..n]).next().unwrap().unwrap());
             }
             for _ in 0..rng.range_inclusive(1, 3) {
-                let fragment = rng.chance(0.1).then(|| wire::Fragment {
-                    total_len: 20,
-                    count: 2,
-                    index: rng.below(2),
-                });
-                let len = if fragment.is_some() {
-                    10
-                } else {
-                    rng.below(40) as usize
-                };
+                let (fragment, len) = random_fragment(&mut rng, 0.1, 40);
                 let body = &payload[..len];
                 match rng.below(18) {
                     0..=7 => {
@@ -1908,16 +1919,7 @@ fn hostile_reliable_runs_match_the_general_path() {
                         }
                     }
                 } else {
-                    let frag = rng.chance(0.7).then(|| wire::Fragment {
-                        total_len: 20,
-                        count: 2,
-                        index: rng.below(2),
-                    });
-                    let len = if frag.is_some() {
-                        10
-                    } else {
-                        rng.below(30) as usize
-                    };
+                    let (frag, len) = random_fragment(&mut rng, 0.7, 30);
                     Frame::Message(MessageFrame {
                         guarantee: g,
                         channel,
