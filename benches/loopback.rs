@@ -12,14 +12,14 @@
 //! **Throughput** (criterion): one iteration sends a batch of 64 B or 1,200 B messages and
 //! waits until it is confirmed. The crate sends exactly-once messages (default configuration,
 //! NewReno), flushes whenever about 64 datagrams' worth is queued (1,024 messages of 64 B, 64
-//! of 1,200 B) and at the end, and waits for every Delivered event. For 1,200 B messages both crate endpoints
-//! set `max_datagram_size` to 1,472 (an Ethernet MTU of 1,500 minus the IPv4 and UDP headers,
-//! what a LAN or loopback user would set), so that a message and its header fit one datagram
-//! as raw UDP's does; at the default 1,200 each message would take two. Raw UDP sends one datagram per message with a
-//! window of 1,024 unconfirmed datagrams; the receiver answers every `recv_batch` with one
-//! 8-byte datagram holding the count received so far, and the sender waits until the count
-//! covers the batch (a datagram the kernel drops is counted as lost after 100 ms without
-//! progress, and reported). The means over all iterations and the crate/raw ratios are printed
+//! of 1,200 B) and at the end, and waits for every Delivered event. For 1,200 B messages both
+//! crate endpoints set `max_datagram_size` to 1,472 (an Ethernet MTU of 1,500 minus the IPv4
+//! and UDP headers, what a LAN or loopback user would set), so that a message and its header
+//! fit one datagram as raw UDP's does; at the default 1,200 each message would take two. Raw
+//! UDP sends one datagram per message with a window of 1,024 unconfirmed datagrams; the
+//! receiver answers every `recv_batch` with one 8-byte datagram holding the count received so
+//! far, and the sender waits until the count covers the batch (a datagram the kernel drops is
+//! counted as lost after 100 ms without progress, and reported). The means over all iterations and the crate/raw ratios are printed
 //! at the end, and so are the crate's datagrams per message and per kernel message (GSO/GRO).
 //!
 //! Raw UDP runs three times: `raw` receives into the driver's batch (64 KiB slots, so GRO is
@@ -257,14 +257,14 @@ fn crate_batch(
                 .endpoint()
                 .connection_mut(h)
                 .expect("connection open");
-            let mut conn = conn;
+            let (mut conn, every) = (conn, flush_every(payload.len()));
             while queued < count {
                 match conn.send(now, payload, GUARANTEE) {
                     Ok(_) => queued += 1,
                     Err(SendError::Backpressure) => break,
                     Err(e) => panic!("send: {e}"),
                 }
-                if queued % flush_every(payload.len()) == 0 {
+                if queued % every == 0 {
                     // A send batch is ready: out with it, as raw UDP sends every 64 datagrams.
                     client.flush().expect("flush");
                     conn = client
