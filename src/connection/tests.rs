@@ -1671,6 +1671,10 @@ fn a_receiver_that_only_acknowledges_keeps_its_ack_frames_short() {
     // a gap is reported.
     assert!((1..=110).contains(&pings), "{pings} PINGs");
     // Never two within a round trip (10 ms, and the smoothed RTT is at least that).
+    assert!(
+        last_ping.is_some() && min_gap < usize::MAX,
+        "fewer than two PINGs"
+    );
     assert!(min_gap >= 10, "PINGs {min_gap} ms apart");
 }
 
@@ -1715,10 +1719,14 @@ fn idle_peers_after_losses_settle_to_keepalives() {
             while b.poll_event().is_some() {}
         }
         // Keepalives (one a second each way) and what their losses bring: well under the
-        // 900 or so of the loop.
+        // 900 or so of the loop; and the peers are still connected.
         assert!(
             late < 250,
             "random {random}: {late} packets in the last 10 s"
+        );
+        assert_eq!(
+            (p.a.state, p.b.state),
+            (State::Established, State::Established)
         );
     }
 }
@@ -1799,6 +1807,9 @@ fn hostile_at_most_once_runs_match_the_general_path() {
             let ctx = format!("seed {seed} pn {pn} {frames:?}");
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
             assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
+            // Nothing here closes the connection (or every later step would compare two
+            // closed ones).
+            assert_eq!(fast.state, State::Established, "{ctx}");
             base_guess = base_guess.max(fast.rx.amo.base());
             if rng.chance(0.7) {
                 loop {
@@ -1811,7 +1822,7 @@ fn hostile_at_most_once_runs_match_the_general_path() {
             }
         }
     }
-    assert!(fast_hits > 1000, "{fast_hits}");
+    assert!(fast_hits > 5000, "{fast_hits}");
 }
 
 #[test]
@@ -1844,7 +1855,6 @@ fn hostile_reliable_runs_match_the_general_path() {
         let mut fast = conn(config.clone(), now);
         let mut general = conn(config.clone(), now);
         let mut front = 0u64;
-        let mut pos = [0u64; 3];
         let mut pn = 0u32;
         let mut keep = Vec::new();
         for step in 0..3000 {
@@ -1853,8 +1863,9 @@ fn hostile_reliable_runs_match_the_general_path() {
                 fast = conn(config.clone(), now);
                 general = conn(config.clone(), now);
                 front = 0;
-                pos = [0; 3];
                 pn = 0;
+                // Tokens of the connections just replaced would only be refused.
+                keep.clear();
             }
             let mut frames_raw: Vec<Vec<u8>> = Vec::new();
             for _ in 0..rng.range_inclusive(1, 3) {
@@ -1903,7 +1914,6 @@ fn hostile_reliable_runs_match_the_general_path() {
                     if rng.chance(0.5) {
                         front = front.max(id + count);
                     }
-                    pos[channel as usize] = pos[channel as usize].max(seq + count);
                 } else if k < 8 {
                     let n = rng.range_inclusive(1, 4);
                     w.put_u8(0x05).unwrap();
@@ -1946,12 +1956,10 @@ fn hostile_reliable_runs_match_the_general_path() {
             let ctx = format!("seed {seed} step {step} {frames:?}");
             assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
             assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
-            let mut n_ev = 0;
             loop {
                 let (a, b) = (fast.poll_event(), general.poll_event());
                 assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
                 let (Some(a), Some(b)) = (a, b) else { break };
-                n_ev += 1;
                 if let (Event::Message(a), Event::Message(b)) = (a, b) {
                     if let (Some(ta), Some(tb)) = (a.token, b.token) {
                         if rng.chance(0.2) {
@@ -1973,14 +1981,15 @@ fn hostile_reliable_runs_match_the_general_path() {
                         });
                     }
                 }
-                if n_ev > 0 && rng.chance(0.3) {
+                if rng.chance(0.3) {
                     break;
                 }
             }
             if rng.chance(0.3) {
                 while let Some((ta, tb)) = keep.pop() {
-                    let _ = fast.ack(now, ta);
-                    let _ = general_only(|| general.ack(now, tb));
+                    let a = fast.ack(now, ta);
+                    let b = general_only(|| general.ack(now, tb));
+                    assert_eq!(format!("{a:?}"), format!("{b:?}"), "{ctx}");
                 }
             }
             assert_eq!(receive_side(&fast), receive_side(&general), "{ctx}");
@@ -1996,7 +2005,7 @@ fn hostile_reliable_runs_match_the_general_path() {
     let h1 = FAST_PATH_HITS.with(std::cell::Cell::get);
     let (unordered, ordered) = (h1[6] - h0[6], h1[7] - h0[7]);
     assert!(unordered > 50 && ordered > 100, "{unordered} {ordered}");
-    assert!(resets < 30 * 3000 / 10, "{resets}");
+    assert!(resets > 0 && resets < 200, "{resets}");
 }
 
 #[test]
@@ -2070,7 +2079,8 @@ fn retransmitted_runs_partly_received_deliver_each_message_once() {
             while let Some(n) = a.poll_transmit(now, &mut buf) {
                 first.push(buf[..n].to_vec());
             }
-            assert!(first.len() >= 4);
+            // 40 messages of 200 bytes in datagrams of at most 1,200.
+            assert!(first.len() >= 7, "{}", first.len());
             // Odd packets arrive, even ones are lost; then everything is queued again (as
             // after a lost acknowledgement and a probe).
             for p in first.iter().skip(1).step_by(2) {
@@ -2208,7 +2218,8 @@ fn at_most_once_run_entries_end_messages_as_entries_per_message_do() {
             fronts.push((a.amo_base, a.amo_floor_dirty, a.amo_floor_acked));
         }
         AMO_ENTRY_PER_MESSAGE.with(|f| f.set(false));
-        assert!(runs > 50, "{runs} runs");
+        // At least one run in each of the 100 rounds that send.
+        assert!(runs > 100, "{runs} runs");
         let s = a.stats();
         results.push((
             events,
@@ -2229,9 +2240,15 @@ fn at_most_once_run_entries_end_messages_as_entries_per_message_do() {
         .filter(|e| e.starts_with("Delivered"))
         .count();
     let lost = results[0].0.iter().filter(|e| e.contains("Lost")).count();
+    let ended = results[0]
+        .0
+        .iter()
+        .filter(|e| e.starts_with("Undeliverable"))
+        .count();
+    // 2,000 messages, a quarter of the packets lost: every message has its one outcome.
     assert!(
-        delivered > 1000 && lost > 100,
-        "{delivered} delivered, {lost} lost"
+        delivered > 1200 && lost > 400 && delivered + ended == 2000,
+        "{delivered} delivered, {lost} lost, {ended} undeliverable"
     );
     assert_eq!(results[0], results[1]);
 }
