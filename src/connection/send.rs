@@ -658,6 +658,11 @@ impl Connection {
             return;
         };
         self.loss_time = None;
+        if self.ledger.eliciting_in_flight == 0 {
+            // Every unsettled packet is in flight: nothing to declare lost or to time.
+            debug_assert!(self.ledger.unsettled_below(u64::MAX).next().is_none());
+            return;
+        }
         let delay = self.rtt.loss_delay(self.config.timer_granularity);
         let threshold = self.config.packet_threshold;
         let mut lost = std::mem::take(&mut self.scratch);

@@ -268,6 +268,11 @@ pub fn emit_ack<I: Iterator<Item = Range<u64>> + Clone>(
     ack_delay_us: u64,
     ranges_desc: I,
 ) -> Result<(), WireError> {
+    let mut probe = ranges_desc.clone();
+    if let (Some(only), None) = (probe.next(), probe.next()) {
+        // The usual ACK, with no gap: one pass instead of a planning walk and a writing walk.
+        return emit_ack_one_range(w, ack_delay_us, only);
+    }
     let Some((plan, len)) = ack_plan(ack_delay_us, ranges_desc.clone()) else {
         return Ok(());
     };
@@ -282,6 +287,30 @@ pub fn emit_ack<I: Iterator<Item = Range<u64>> + Clone>(
         w.put_varint(len)
     })?;
     Ok(())
+}
+
+/// [`emit_ack`] of the single range `only`: the same bytes, in one pass.
+fn emit_ack_one_range(
+    w: &mut Writer<'_>,
+    ack_delay_us: u64,
+    only: Range<u64>,
+) -> Result<(), WireError> {
+    let valid = only.start < only.end && only.end - 1 <= MAX_VARINT;
+    debug_assert!(valid, "bad first ACK range {only:?}");
+    if !valid {
+        return Ok(());
+    }
+    let largest = only.end - 1;
+    let first_range = largest - only.start;
+    let delay = ack_delay_us.min(MAX_VARINT);
+    // Type, largest, delay, range count (0: one byte), first range.
+    let len = 2 + varint_len(largest) + varint_len(delay) + varint_len(first_range);
+    reserve(w, len)?;
+    w.put_u8(ty::ACK)?;
+    w.put_varint(largest)?;
+    w.put_varint(delay)?;
+    w.put_u8(0)?;
+    w.put_varint(first_range)
 }
 
 /// Number of bytes [`emit_ack`] writes for these arguments (0 for no ranges).
@@ -538,6 +567,14 @@ pub fn emit_msg_ack<I: Iterator<Item = Range<u64>> + Clone>(
     if limit < cumulative {
         return Err(WireError::LimitBelowCumulative);
     }
+    if ranges_asc.clone().next().is_none() {
+        // The usual MSG_ACK: everything complete is below the cumulative point.
+        reserve(w, 2 + varint_len(cumulative) + varint_len(limit))?;
+        w.put_u8(ty::MSG_ACK)?;
+        w.put_varint(cumulative)?;
+        w.put_varint(limit)?;
+        return w.put_u8(0);
+    }
     let (count, len) = msg_ack_plan(cumulative, limit, ranges_asc.clone());
     reserve(w, len)?;
     w.put_u8(ty::MSG_ACK)?;
@@ -608,6 +645,65 @@ mod tests {
         let n = w.position();
         buf.truncate(n);
         buf
+    }
+
+    /// Values at each varint length boundary.
+    const EDGES: [u64; 8] = [
+        0,
+        63,
+        64,
+        16_383,
+        16_384,
+        (1 << 30) - 1,
+        1 << 30,
+        MAX_VARINT,
+    ];
+
+    /// Writes the fields in order, as the general walk does, for comparison.
+    fn fields(ty: u8, values: &[u64]) -> Vec<u8> {
+        emitted(|w| {
+            w.put_u8(ty)?;
+            values.iter().try_for_each(|&v| w.put_varint(v))
+        })
+    }
+
+    #[test]
+    fn one_range_acks_and_msg_acks_without_ranges_are_written_as_the_general_walk_writes() {
+        for &largest in &EDGES {
+            for &delay in &EDGES {
+                for &below in &[0, 1, 64, 20_000] {
+                    let first = largest.saturating_sub(below);
+                    let range = first..largest + 1;
+                    let bytes = emitted(|w| emit_ack(w, delay, std::iter::once(range.clone())));
+                    let want = fields(ty::ACK, &[largest, delay, 0, largest - first]);
+                    assert_eq!(bytes, want, "{range:?} delay {delay}");
+                    assert_eq!(bytes.len(), ack_frame_len(delay, std::iter::once(range)));
+                    // Too little room: an error and nothing written.
+                    let mut buf = vec![0u8; bytes.len() - 1];
+                    let mut w = Writer::new(&mut buf);
+                    let r = emit_ack(&mut w, delay, std::iter::once(first..largest + 1));
+                    assert!(matches!(r, Err(WireError::BufferTooSmall)));
+                    assert_eq!(w.position(), 0);
+                }
+            }
+        }
+        for &cumulative in &EDGES {
+            for &extra in &[0, 1, 64, 20_000] {
+                let limit = cumulative.saturating_add(extra).min(MAX_VARINT);
+                let none = std::iter::empty::<Range<u64>>();
+                let bytes = emitted(|w| emit_msg_ack(w, cumulative, limit, none.clone()));
+                assert_eq!(bytes, fields(ty::MSG_ACK, &[cumulative, limit, 0]));
+                assert_eq!(
+                    bytes.len(),
+                    msg_ack_frame_len(cumulative, limit, none.clone())
+                );
+                let mut buf = vec![0u8; bytes.len() - 1];
+                let mut w = Writer::new(&mut buf);
+                let r = emit_msg_ack(&mut w, cumulative, limit, none);
+                assert!(matches!(r, Err(WireError::BufferTooSmall)));
+                assert_eq!(w.position(), 0);
+            }
+        }
     }
 
     #[test]
