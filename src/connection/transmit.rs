@@ -48,24 +48,8 @@ impl Connection {
             return None;
         }
         let sends_data = matches!(self.state, State::Established | State::Shutdown);
-        // Acknowledgements (ACK and MSG_ACK) go out when due: at once for gaps and every
-        // second packet, otherwise after the ack delay.
-        let ack_now = self.rx.ack_due && (self.rx.ack_pending || self.rx.msg_ack_dirty);
-        let control = match self.state {
-            State::Established | State::Shutdown => {
-                self.forward_dirty
-                    || self.rx.reject_dirty
-                    || (self.amo_floor_dirty && self.amo_base > self.amo_floor_acked)
-                    || self.ping_pending
-                    || self.probes_pending > 0
-            }
-            State::Closing => self.close_pending,
-            State::Draining | State::Closed => false,
-        };
-        let cwnd_open =
-            self.ledger.bytes_in_flight + mds as u64 <= self.cc.window() || self.probes_pending > 0;
-        let data = sends_data && cwnd_open && self.has_data();
-        if !(ack_now || control || data) {
+        let (frames_due, data) = self.transmit_due();
+        if !(frames_due || data) {
             return None;
         }
 
@@ -185,6 +169,44 @@ impl Connection {
             if eliciting { ", ack-eliciting" } else { "" }
         );
         Some(total)
+    }
+
+    /// What [`poll_transmit`](Self::poll_transmit) would write now: whether acknowledgements
+    /// or control frames are due, and whether message data may go.
+    #[inline(always)]
+    fn transmit_due(&mut self) -> (bool, bool) {
+        let sends_data = matches!(self.state, State::Established | State::Shutdown);
+        // Acknowledgements (ACK and MSG_ACK) go out when due: at once for gaps and every
+        // second packet, otherwise after the ack delay.
+        let ack_now = self.rx.ack_due && (self.rx.ack_pending || self.rx.msg_ack_dirty);
+        let control = match self.state {
+            State::Established | State::Shutdown => {
+                self.forward_dirty
+                    || self.rx.reject_dirty
+                    || (self.amo_floor_dirty && self.amo_base > self.amo_floor_acked)
+                    || self.ping_pending
+                    || self.probes_pending > 0
+            }
+            State::Closing => self.close_pending,
+            State::Draining | State::Closed => false,
+        };
+        let mds = self.config.max_datagram_size as u64;
+        let cwnd_open =
+            self.ledger.bytes_in_flight + mds <= self.cc.window() || self.probes_pending > 0;
+        let data = sends_data && cwnd_open && self.has_data();
+        (ack_now || control, data)
+    }
+
+    /// Whether [`poll_transmit`](Self::poll_transmit) has a packet to build now. `false`
+    /// holds until the next datagram, timer or call of the application: the endpoint does not
+    /// ask such a connection again before one of those. Released message tokens come from
+    /// other threads at any time, so a connection with a token sink always answers `true`.
+    pub(crate) fn wants_transmit(&mut self) -> bool {
+        if self.token_sink.is_some() {
+            return true;
+        }
+        let (frames_due, data) = self.transmit_due();
+        frames_due || data
     }
 
     /// Whether a message fragment is waiting to be sent and allowed by the windows.

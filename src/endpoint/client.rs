@@ -35,7 +35,7 @@ impl Endpoint {
         c.retries_followed += 1;
         c.initial_due = true;
         c.deadline = later(now, backoff);
-        self.enqueue(idx, false);
+        self.enqueue(idx, true, false);
         self.refresh_timer(idx);
     }
 
@@ -73,7 +73,7 @@ impl Endpoint {
         self.stats.handshakes_completed += 1;
         let handle = self.handle_of(idx);
         self.events.push_back(EndpointEvent::Connected { handle });
-        self.enqueue(idx, true);
+        self.enqueue(idx, true, true);
         self.refresh_timer(idx);
     }
 
@@ -103,7 +103,7 @@ impl Endpoint {
         if let Some(Entry::Connecting(c)) = self.entry_mut(idx) {
             c.deadline = deadline;
         }
-        self.enqueue(idx, false);
+        self.enqueue(idx, true, false);
         self.refresh_timer(idx);
     }
 

@@ -359,7 +359,7 @@ impl Endpoint {
         if !matches!(self.slot(handle)?.entry, Some(Entry::Open(_))) {
             return None;
         }
-        self.enqueue(idx, true);
+        self.enqueue(idx, true, true);
         let slot = self.slots.get_mut(idx as usize)?;
         if !slot.in_touched {
             slot.in_touched = true;
@@ -398,7 +398,7 @@ impl Endpoint {
         self.by_cid.insert(local_cid, idx);
         self.connecting += 1;
         self.stats.handshakes_started += 1;
-        self.enqueue(idx, false);
+        self.enqueue(idx, true, false);
         self.refresh_timer(idx);
         Ok(self.handle_of(idx))
     }
@@ -483,7 +483,8 @@ impl Endpoint {
             match self.entry_mut(idx) {
                 Some(Entry::Open(o)) => {
                     o.conn.handle_timeout(now);
-                    self.enqueue(idx, true);
+                    let tx = o.conn.wants_transmit();
+                    self.enqueue(idx, tx, true);
                     self.refresh_timer(idx);
                 }
                 Some(Entry::Connecting(_)) => self.on_handshake_timeout(now, idx),
@@ -532,6 +533,13 @@ impl Endpoint {
                 Some(Entry::Open(o)) => {
                     if let Some(n) = o.conn.poll_transmit(now, buf) {
                         let to = o.remote;
+                        if !o.conn.wants_transmit() {
+                            // Drained: the next call need not ask it again.
+                            self.tx.pop_front();
+                            if let Some(slot) = self.slots.get_mut(idx as usize) {
+                                slot.in_tx = false;
+                            }
+                        }
                         self.refresh_timer(idx);
                         return Some(self.count_sent((to, n)));
                     }
@@ -633,7 +641,10 @@ impl Endpoint {
                 // Errors are counted by the connection. `handle_datagram` verified the
                 // datagram's CRC-32; the connection checks again only if it uses another check.
                 let _ = o.conn.handle_crc32_verified_datagram(now, datagram);
-                self.enqueue(idx, true);
+                // On the transmit list only with something to send: an acknowledgement that
+                // waits for its delay comes with the timer (or the application's next call).
+                let tx = o.conn.wants_transmit();
+                self.enqueue(idx, tx, true);
                 self.refresh_timer(idx);
             }
             Some(Entry::Open(_)) => self.stats.dropped_wrong_address += 1,
@@ -764,12 +775,12 @@ impl Endpoint {
         self.free.push(idx);
     }
 
-    /// Puts a slot on the transmit list and, if `events`, on the event list.
-    fn enqueue(&mut self, idx: u32, events: bool) {
+    /// Puts a slot on the transmit list if `tx`, and on the event list if `events`.
+    fn enqueue(&mut self, idx: u32, tx: bool, events: bool) {
         let Some(slot) = self.slots.get_mut(idx as usize) else {
             return;
         };
-        if !slot.in_tx {
+        if tx && !slot.in_tx {
             slot.in_tx = true;
             self.tx.push_back(idx);
         }
@@ -954,6 +965,67 @@ mod tests {
             Some(now + Duration::from_millis(250 + 500))
         );
         assert!(handles.iter().all(|h| e.remote_address(*h).is_some()));
+    }
+
+    /// Passes every datagram `from` has ready to `to`; returns how many.
+    fn pass(now: Instant, from: (&mut Endpoint, SocketAddr), to: &mut Endpoint) -> usize {
+        let mut buf = vec![0u8; from.0.buffer_size()];
+        let mut n = 0;
+        while let Some((_, len)) = from.0.poll_transmit(now, &mut buf) {
+            to.handle_datagram(now, from.1, &buf[..len]);
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn only_connections_with_something_to_send_are_asked_to_transmit() {
+        let now = t0();
+        let (ca, sa) = (addr(1), addr(2));
+        let client_config = EndpointConfig::default().accept_incoming(false);
+        let mut client = Endpoint::new(client_config, [1; 16], now).unwrap();
+        let mut server = Endpoint::new(EndpointConfig::default(), [2; 16], now).unwrap();
+        let h = client.connect(now, sa).unwrap();
+        for _ in 0..8 {
+            pass(now, (&mut client, ca), &mut server);
+            pass(now, (&mut server, sa), &mut client);
+        }
+        while client.poll_event().is_some() {}
+        while server.poll_event().is_some() {}
+        let conn = client.connection_mut(h).expect("connected");
+        conn.send(now, b"ping", crate::Guarantee::ExactlyOnce)
+            .unwrap();
+        let mut buf = vec![0u8; client.buffer_size()];
+        let (_, len) = client.poll_transmit(now, &mut buf).expect("the message");
+        // The packet took everything: the connection left the transmit list with it.
+        assert!(client.tx.is_empty());
+        server.handle_datagram(now, ca, &buf[..len]);
+        // The server owes only a delayed acknowledgement: it is not asked before the delay.
+        assert!(server.tx.is_empty());
+        assert!(matches!(
+            server.poll_event(),
+            Some(EndpointEvent::Connection {
+                event: Event::Message(_),
+                ..
+            })
+        ));
+        assert_eq!(pass(now, (&mut server, sa), &mut client), 0);
+        let due = server.poll_timeout().expect("the acknowledgement's timer");
+        assert!(due > now);
+        server.handle_timeout(due);
+        assert!(!server.tx.is_empty());
+        assert_eq!(pass(due, (&mut server, sa), &mut client), 1);
+        assert!(server.tx.is_empty());
+        let delivered = std::iter::from_fn(|| client.poll_event()).any(|e| {
+            matches!(
+                e,
+                EndpointEvent::Connection {
+                    event: Event::Delivered { .. },
+                    ..
+                }
+            )
+        });
+        assert!(delivered);
     }
 
     #[test]

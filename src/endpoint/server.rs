@@ -120,7 +120,7 @@ impl Endpoint {
             handle,
             remote: i.from,
         });
-        self.enqueue(idx, true);
+        self.enqueue(idx, true, true);
         self.refresh_timer(idx);
     }
 
