@@ -6,9 +6,6 @@
 
 use std::ops::Range;
 
-use bitvec::prelude::{BitSlice, Lsb0};
-use bitvec::view::BitView;
-
 /// Steps up to this long are taken bit by bit instead of with slice operations.
 const SHORT_STEP: usize = 8;
 
@@ -59,7 +56,8 @@ pub struct DedupWindow {
     /// Ring of `capacity` bits, 64 to a word (slot `s` is bit `s % 64` of word `s / 64`): the
     /// id `base + o` lives at slot `(head + o) % capacity`. Every bit is inside the window:
     /// bits are cleared as the base passes them. Plain words, so that the single-bit paths
-    /// (the hot ones) are a few instructions; the slice operations view them as bits.
+    /// (the hot ones) are a few instructions; operations over ranges of slots go a word at a
+    /// time with masks.
     words: Box<[u64]>,
     /// Slot of `base`; always `< capacity`.
     head: usize,
@@ -178,7 +176,7 @@ impl DedupWindow {
     pub(crate) fn fill_run(&mut self, offset: usize, n: usize) {
         debug_assert!(self.is_vacant_run(offset, n));
         for seg in self.segments(offset, offset + n) {
-            self.words.view_bits_mut::<Lsb0>()[seg].fill(true);
+            for_words(seg, |w, mask| self.words[w] |= mask);
         }
         self.ones += n;
     }
@@ -290,6 +288,7 @@ impl DedupWindow {
         SetRanges {
             window: self,
             pos: 0,
+            left: self.ones,
         }
     }
 
@@ -373,43 +372,66 @@ impl DedupWindow {
         }
     }
 
-    /// The ring as a bit slice, for the operations over ranges of slots.
-    fn bits(&self) -> &BitSlice<u64, Lsb0> {
-        self.words.view_bits()
-    }
-
     /// The smallest logical offset `>= from` whose bit equals `value`.
     fn find(&self, from: usize, value: bool) -> Option<usize> {
+        // Inverting each word turns a search for a clear bit into one for a set bit.
+        let flip = if value { 0 } else { u64::MAX };
         let mut skipped = from;
         for seg in self.segments(from, self.capacity()) {
-            let len = seg.len();
-            let bits = &self.bits()[seg];
-            let hit = if value {
-                bits.first_one()
-            } else {
-                bits.first_zero()
-            };
-            if let Some(k) = hit {
-                return Some(skipped + k);
+            let mut slot = seg.start;
+            while slot < seg.end {
+                let (w, mask, next) = word_of(slot, seg.end);
+                let hits = (self.words[w] ^ flip) & mask;
+                if hits != 0 {
+                    let hit = w * 64 + hits.trailing_zeros() as usize;
+                    return Some(skipped + (hit - seg.start));
+                }
+                slot = next;
             }
-            skipped += len;
+            skipped += seg.len();
         }
         None
     }
 
     /// Set bits at logical offsets `[from, to)`.
     fn count(&self, from: usize, to: usize) -> usize {
-        self.segments(from, to)
-            .into_iter()
-            .map(|seg| self.bits()[seg].count_ones())
-            .sum()
+        let mut n = 0;
+        for seg in self.segments(from, to) {
+            for_words(seg, |w, mask| {
+                n += (self.words[w] & mask).count_ones() as usize
+            });
+        }
+        n
     }
 
     /// Clears the bits at logical offsets `[from, to)`.
     fn clear(&mut self, from: usize, to: usize) {
         for seg in self.segments(from, to) {
-            self.words.view_bits_mut::<Lsb0>()[seg].fill(false);
+            for_words(seg, |w, mask| self.words[w] &= !mask);
         }
+    }
+}
+
+/// The word holding slot `slot`, the mask of its bits from `slot` up to `end` (exclusive,
+/// `slot < end`), and the first slot after them.
+#[inline]
+fn word_of(slot: usize, end: usize) -> (usize, u64, usize) {
+    let w = slot / 64;
+    let lo = slot % 64;
+    let hi = (end - w * 64).min(64);
+    // `hi - lo` is 1..=64 bits.
+    let mask = (u64::MAX >> (64 - (hi - lo))) << lo;
+    (w, mask, w * 64 + hi)
+}
+
+/// Calls `f(word, mask)` for each word the slots `r` touch, with the mask of their bits in it.
+#[inline]
+fn for_words(r: Range<usize>, mut f: impl FnMut(usize, u64)) {
+    let mut slot = r.start;
+    while slot < r.end {
+        let (w, mask, next) = word_of(slot, r.end);
+        f(w, mask);
+        slot = next;
     }
 }
 
@@ -419,6 +441,8 @@ struct SetRanges<'a> {
     window: &'a DedupWindow,
     /// Logical offset to resume from.
     pos: usize,
+    /// Set bits not yet in a range returned: at 0 the walk ends without scanning the rest.
+    left: usize,
 }
 
 impl Iterator for SetRanges<'_> {
@@ -426,7 +450,7 @@ impl Iterator for SetRanges<'_> {
 
     fn next(&mut self) -> Option<Range<u64>> {
         let w = self.window;
-        if w.ones == 0 || self.pos >= w.capacity() {
+        if self.left == 0 || self.pos >= w.capacity() {
             return None;
         }
         let Some(start) = w.find(self.pos, true) else {
@@ -435,6 +459,7 @@ impl Iterator for SetRanges<'_> {
         };
         let end = w.find(start, false).unwrap_or(w.capacity());
         self.pos = end;
+        self.left = self.left.saturating_sub(end - start);
         Some(w.base.saturating_add(start as u64)..w.base.saturating_add(end as u64))
     }
 }
