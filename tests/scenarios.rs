@@ -227,6 +227,24 @@ impl Harness {
         panic!("step bound reached: {}", self.diag());
     }
 
+    /// [`run_until`](Self::run_until) for at most `within` from now; fails the test, with the
+    /// diagnostics, unless `done` then holds.
+    #[track_caller]
+    fn run_within(&mut self, within: Duration, done: impl FnMut(&Harness) -> bool) {
+        let limit = self.now() + within;
+        assert!(self.run_until(limit, done), "{}", self.diag());
+    }
+
+    /// The application acknowledges every token it holds, and from now on acknowledges at once.
+    fn ack_held_then_at_once(&mut self) {
+        let now = self.now();
+        for token in std::mem::take(&mut self.held) {
+            self.ck.app_acked.insert((true, token.id().get()));
+            self.pair.b.ack(now, token).unwrap();
+        }
+        self.tokens = Tokens::AckAtOnce;
+    }
+
     /// Runs for `d` like [`Pair::step`], but datagrams for which `lose(from, bytes)` holds are
     /// dropped on the way out.
     fn run_filtered(&mut self, d: Duration, lose: impl Fn(usize, &[u8]) -> bool) {
@@ -440,11 +458,7 @@ fn tail_loss_is_recovered_by_the_probe_timeout() {
         .net
         .set_link(NODE_A, NODE_B, LinkConfig::perfect(ms(10)));
     let t = h.now();
-    assert!(
-        h.run_until(t + secs(3), |h| h.all_outcomes()),
-        "{}",
-        h.diag()
-    );
+    h.run_within(secs(3), |h| h.all_outcomes());
     h.assert_all_delivered();
     for &k in head.iter().chain(&tail) {
         assert_eq!(h.count(k), 1, "{k:?}");
@@ -486,12 +500,7 @@ fn every_packet_duplicated() {
         keys.extend(h.send_mix(15, 300 + round, true));
         h.run_for(ms(50));
     }
-    let t = h.now();
-    assert!(
-        h.run_until(t + secs(20), |h| h.all_outcomes() && h.amo_settled()),
-        "{}",
-        h.diag()
-    );
+    h.run_within(secs(20), |h| h.all_outcomes() && h.amo_settled());
     h.assert_clean();
     for &k in &keys {
         let s = &h.ck.sent[&k];
@@ -526,12 +535,7 @@ fn every_packet_duplicated_without_loss() {
             .fifo(true),
     );
     let keys = h.send_mix(60, 190, true);
-    let t = h.now();
-    assert!(
-        h.run_until(t + secs(10), |h| h.all_outcomes() && h.amo_settled()),
-        "{}",
-        h.diag()
-    );
+    h.run_within(secs(10), |h| h.all_outcomes() && h.amo_settled());
     h.assert_all_delivered();
     for &k in &keys {
         if h.ck.sent[&k].opts.guarantee != ALO {
@@ -594,18 +598,8 @@ fn window_edges(initial_id: u64) {
     );
 
     // The application acknowledges; from now on it acknowledges at once.
-    let now = h.now();
-    for token in std::mem::take(&mut h.held) {
-        h.ck.app_acked.insert((true, token.id().get()));
-        h.pair.b.ack(now, token).unwrap();
-    }
-    h.tokens = Tokens::AckAtOnce;
-    let t = h.now();
-    assert!(
-        h.run_until(t + secs(20), |h| h.all_outcomes()),
-        "{}",
-        h.diag()
-    );
+    h.ack_held_then_at_once();
+    h.run_within(secs(20), |h| h.all_outcomes());
     h.assert_all_delivered();
     for &k in &keys {
         assert_eq!(h.count(k), 1, "{k:?}");
@@ -646,11 +640,9 @@ fn backpressure_on_pending_messages_and_bytes() {
     }
     assert_eq!(h.pair.a.stats().messages_sent, 10);
     // An outcome frees a slot.
-    let t = h.now();
-    assert!(h.run_until(t + secs(2), |h| !h.outcomes.is_empty()));
+    h.run_within(secs(2), |h| !h.outcomes.is_empty());
     h.send(100, EO).expect("accepted again after an outcome");
-    let t = h.now();
-    assert!(h.run_until(t + secs(2), |h| h.all_outcomes()));
+    h.run_within(secs(2), |h| h.all_outcomes());
     for _ in 0..10 {
         h.send(100, EO).unwrap();
     }
@@ -658,8 +650,7 @@ fn backpressure_on_pending_messages_and_bytes() {
         h.pair.a.send(h.now(), b"x", EO),
         Err(SendError::Backpressure)
     );
-    let t = h.now();
-    assert!(h.run_until(t + secs(2), |h| h.all_outcomes()));
+    h.run_within(secs(2), |h| h.all_outcomes());
     h.assert_all_delivered();
     assert_eq!(h.pair.a.pending_messages(), 0);
     h.check_final(true);
@@ -678,11 +669,9 @@ fn backpressure_on_pending_messages_and_bytes() {
         h.pair.a.send(h.now(), b"x", EO),
         Err(SendError::Backpressure)
     );
-    let t = h.now();
-    assert!(h.run_until(t + secs(2), |h| h.all_outcomes()));
+    h.run_within(secs(2), |h| h.all_outcomes());
     h.send(4096, EO).expect("accepted after outcomes");
-    let t = h.now();
-    assert!(h.run_until(t + secs(2), |h| h.all_outcomes()));
+    h.run_within(secs(2), |h| h.all_outcomes());
     h.assert_all_delivered();
     h.check_final(true);
 }
@@ -715,12 +704,7 @@ fn zero_length_and_maximum_size_messages() {
         h.pair.a.send(h.now(), &vec![7u8; max + 1], AMO),
         Err(SendError::TooLarge { size: max + 1, max })
     );
-    let t = h.now();
-    assert!(
-        h.run_until(t + secs(30), |h| h.all_outcomes()),
-        "{}",
-        h.diag()
-    );
+    h.run_within(secs(30), |h| h.all_outcomes());
     h.assert_all_delivered();
     for &k in &keys {
         assert_eq!(h.count(k), 1, "{k:?}");
@@ -736,12 +720,7 @@ fn zero_length_and_maximum_size_messages() {
         .send(max, SendOptions::new(ALO).channel(4).ordered(true))
         .unwrap();
     let k3 = h.send_bytes(Vec::new(), EO).unwrap();
-    let t = h.now();
-    assert!(
-        h.run_until(t + secs(60), |h| h.all_outcomes()),
-        "{}",
-        h.diag()
-    );
+    h.run_within(secs(60), |h| h.all_outcomes());
     h.assert_all_delivered();
     assert_eq!(h.count(k1), 1);
     assert_eq!(h.count(k2), 1, "ordered: never handed over twice");
@@ -1056,8 +1035,7 @@ fn after_processing_reject_and_dropped_token_redeliver() {
         .unwrap();
     let amo = h.send(100, AMO).unwrap();
     let all = [eo_unordered, eo_ord_0, eo_ord_1, alo_unordered, alo_ord];
-    let t = h.now();
-    assert!(h.run_until(t + secs(1), |h| all.iter().all(|&k| h.count(k) == 1)));
+    h.run_within(secs(1), |h| all.iter().all(|&k| h.count(k) == 1));
     assert_eq!(h.count(amo), 1);
     // Tokens held for a while: nothing reliable is Delivered.
     h.run_for(secs(1));
@@ -1116,21 +1094,10 @@ fn after_processing_reject_and_dropped_token_redeliver() {
     let now = h.now();
     let token = take_token(&mut h.held, eo_unordered);
     h.pair.b.reject(now, token).unwrap();
-    let t = h.now();
-    assert!(h.run_until(t + secs(2), |h| h.count(eo_unordered) == 3));
+    h.run_within(secs(2), |h| h.count(eo_unordered) == 3);
     assert_eq!(h.outcome(eo_unordered), None);
-    let now = h.now();
-    for token in std::mem::take(&mut h.held) {
-        h.ck.app_acked.insert((true, token.id().get()));
-        h.pair.b.ack(now, token).unwrap();
-    }
-    h.tokens = Tokens::AckAtOnce;
-    let t = h.now();
-    assert!(
-        h.run_until(t + secs(2), |h| h.all_outcomes()),
-        "{}",
-        h.diag()
-    );
+    h.ack_held_then_at_once();
+    h.run_within(secs(2), |h| h.all_outcomes());
     h.assert_all_delivered();
     h.run_for(secs(1));
     assert_eq!(h.count(eo_unordered), 3);
@@ -1149,8 +1116,7 @@ fn deadline_passes_during_partition_and_ordered_channel_moves_on() {
     h.links(LinkConfig::perfect(ms(10)));
     let ch = |g| SendOptions::new(g).channel(3).ordered(true);
     let m0 = h.send(100, ch(EO)).unwrap();
-    let t = h.now();
-    assert!(h.run_until(t + secs(1), |h| h.all_outcomes()));
+    h.run_within(secs(1), |h| h.all_outcomes());
     let t1 = h.now();
     h.pair.net.partition(NODE_A, NODE_B, t1, t1 + secs(3));
     let m1 = h.send(100, ch(EO).deadline(ms(500))).unwrap();
@@ -1380,8 +1346,7 @@ fn peer_vanishes_pending_messages_end_connection_lost() {
     let mut h = Harness::with(config, 12);
     h.links(LinkConfig::perfect(ms(10)));
     let early = h.send_mix(5, 120, true);
-    let t = h.now();
-    assert!(h.run_until(t + secs(2), |h| h.all_outcomes()));
+    h.run_within(secs(2), |h| h.all_outcomes());
     let t1 = h.now();
     h.pair
         .net
@@ -1522,12 +1487,7 @@ fn at_most_once_gaps_add_up() {
         h.run_for(ms(10));
         assert!(h.amo_received() + h.ck.gaps_reported <= h.amo_sent());
     }
-    let t = h.now();
-    assert!(
-        h.run_until(t + secs(10), |h| h.all_outcomes()),
-        "{}",
-        h.diag()
-    );
+    h.run_within(secs(10), |h| h.all_outcomes());
     let settled_by = h.now() + secs(3);
     let settled = h.run_until(settled_by, |h| h.amo_settled());
     assert!(
