@@ -16,6 +16,15 @@ fn conn(config: Config, now: Instant) -> Connection {
     Connection::new(Arc::new(config), 2, 1, now).unwrap()
 }
 
+/// Two ends of one connection with the same configuration: (cid 1, cid 2).
+fn connection_pair(config: Config, now: Instant) -> (Connection, Connection) {
+    let config = Arc::new(config);
+    (
+        Connection::new(config.clone(), 1, 2, now).unwrap(),
+        Connection::new(config, 2, 1, now).unwrap(),
+    )
+}
+
 /// A datagram from the peer (cid 1) to us (cid 2).
 fn datagram(pn: u32, frames: &[Frame<'_>]) -> Vec<u8> {
     let mut buf = vec![0u8; 2048];
@@ -380,9 +389,7 @@ fn ping_pong_costs_one_packet_per_message_each_way() {
     // gap and asks for one at once); it must not start a chain of acknowledgements answering
     // acknowledgements.
     let now0 = t0();
-    let config = Arc::new(Config::default());
-    let mut a = Connection::new(config.clone(), 1, 2, now0).unwrap();
-    let mut b = Connection::new(config, 2, 1, now0).unwrap();
+    let (mut a, mut b) = connection_pair(Config::default(), now0);
     let mut now = now0;
     let pings = 3_000u64;
     let mut to_b: Vec<Vec<u8>> = Vec::new();
@@ -431,9 +438,7 @@ fn the_buffer_pool_keeps_at_most_pool_bytes() {
     const SIZE: usize = 20_000;
     for limit in [0, 3 * (SIZE + POOLED_BUFFER_COST) + 10, 1 << 20] {
         let mut now = t0();
-        let config = Arc::new(Config::default().pool_bytes(limit));
-        let mut a = Connection::new(config.clone(), 1, 2, now).unwrap();
-        let mut b = Connection::new(config, 2, 1, now).unwrap();
+        let (mut a, mut b) = connection_pair(Config::default().pool_bytes(limit), now);
         for _ in 0..40 {
             a.send(now, &[1; SIZE], Guarantee::ExactlyOnce).unwrap();
         }
@@ -480,9 +485,7 @@ fn an_application_limited_sender_does_not_grow_its_window() {
     // One small message per round trip never fills the window, so the window stays where it
     // started instead of growing into a promise the path never kept (RFC 9002 section 7.8).
     let now0 = t0();
-    let config = Arc::new(Config::default());
-    let mut a = Connection::new(config.clone(), 1, 2, now0).unwrap();
-    let mut b = Connection::new(config, 2, 1, now0).unwrap();
+    let (mut a, mut b) = connection_pair(Config::default(), now0);
     let initial = a.stats().cwnd;
     let mut buf = [0u8; 1500];
     let mut now = now0;
@@ -1582,10 +1585,10 @@ struct DelayedPair {
 impl DelayedPair {
     fn new(rounds: usize, delay: usize) -> DelayedPair {
         let start = t0();
-        let config = Arc::new(Config::default());
+        let (a, b) = connection_pair(Config::default(), start);
         DelayedPair {
-            a: Connection::new(config.clone(), 1, 2, start).unwrap(),
-            b: Connection::new(config, 2, 1, start).unwrap(),
+            a,
+            b,
             to_a: vec![Vec::new(); rounds + delay + 1],
             to_b: vec![Vec::new(); rounds + delay + 1],
             start,
@@ -2067,9 +2070,10 @@ fn retransmitted_runs_partly_received_deliver_each_message_once() {
     for ordered in [false, true] {
         for g in [Guarantee::ExactlyOnce, Guarantee::AtLeastOnce] {
             let now = t0();
-            let config = Arc::new(Config::default().congestion(crate::CongestionControl::None));
-            let mut a = Connection::new(config.clone(), 1, 2, now).unwrap();
-            let mut b = Connection::new(config, 2, 1, now).unwrap();
+            let (mut a, mut b) = connection_pair(
+                Config::default().congestion(crate::CongestionControl::None),
+                now,
+            );
             for i in 0..40u8 {
                 let opts = crate::message::SendOptions::new(g).ordered(ordered);
                 a.send_message(now, &[i; 200], opts).unwrap();
@@ -2175,9 +2179,10 @@ fn at_most_once_run_entries_end_messages_as_entries_per_message_do() {
     for per_message in [false, true] {
         AMO_ENTRY_PER_MESSAGE.with(|f| f.set(per_message));
         let start = t0();
-        let config = Arc::new(Config::default().congestion(crate::CongestionControl::None));
-        let mut a = Connection::new(config.clone(), 1, 2, start).unwrap();
-        let mut b = Connection::new(config, 2, 1, start).unwrap();
+        let (mut a, mut b) = connection_pair(
+            Config::default().congestion(crate::CongestionControl::None),
+            start,
+        );
         let mut rng = crate::rng::Rng::new(9);
         let (mut events, mut packets, mut runs) = (Vec::new(), 0u64, 0usize);
         // The queue's front and floor after each round.
