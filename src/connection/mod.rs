@@ -219,7 +219,7 @@ pub struct Connection {
     /// Where the current round of FORWARD transmissions continues.
     forward_cursor: usize,
     /// Next channel sequence number per ordered channel.
-    chan_seq: Vec<u64>,
+    chan_seq: Option<Box<[u64; 256]>>,
 
     // ---- at-most-once messages we send ----
     amo_base: u64,
@@ -330,7 +330,7 @@ impl Connection {
             forward: Vec::new(),
             forward_dirty: false,
             forward_cursor: 0,
-            chan_seq: Vec::new(),
+            chan_seq: None,
             amo_base: first_id,
             amo_out: ring::Ring::new(),
             amo_cursor: (first_id, 0),

@@ -179,6 +179,30 @@ pub(super) fn fragment_count(len: usize, max_datagram_size: usize) -> u32 {
 }
 
 impl Connection {
+    /// The next position on ordered channel `channel`.
+    #[inline]
+    fn next_chan_seq(&mut self, channel: u8) -> u64 {
+        match self.chan_seq.as_deref_mut() {
+            Some(seqs) => {
+                let s = &mut seqs[usize::from(channel)];
+                *s += 1;
+                *s - 1
+            }
+            None => self.first_chan_seq(channel),
+        }
+    }
+
+    /// [`next_chan_seq`](Self::next_chan_seq) the first time: the positions are created on
+    /// first use, so connections that never order pay nothing for them.
+    #[cold]
+    #[inline(never)]
+    fn first_chan_seq(&mut self, channel: u8) -> u64 {
+        let mut seqs = Box::new([0u64; 256]);
+        seqs[usize::from(channel)] = 1;
+        self.chan_seq = Some(seqs);
+        0
+    }
+
     pub(super) fn send_message(
         &mut self,
         now: Instant,
@@ -211,15 +235,11 @@ impl Connection {
                 self.give_buffer(buf);
                 return Err(SendError::IdsExhausted);
             }
-            let chan_seq = opts.ordered.then(|| {
-                if self.chan_seq.is_empty() {
-                    // Created on first use, so connections that never order pay nothing.
-                    self.chan_seq.resize(256, 0);
-                }
-                let s = &mut self.chan_seq[opts.channel as usize];
-                *s += 1;
-                *s - 1
-            });
+            let chan_seq = if opts.ordered {
+                Some(self.next_chan_seq(opts.channel))
+            } else {
+                None
+            };
             let frags = Frags::new(count);
             self.outbox.push_back(OutMsg {
                 payload: buf,
