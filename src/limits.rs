@@ -187,6 +187,16 @@ impl ConnectionLimits {
         buffered.saturating_add(len) <= self.recv_buffer_bytes
     }
 
+    /// `len` more bytes held back in an ordered channel, with `buffered` held in all: only
+    /// while the largest message still fits besides. Held messages wait for the one in line
+    /// before them; if they could fill the buffer, that message would never find room, and
+    /// nothing held would ever be released.
+    #[inline]
+    pub(crate) fn admit_held(&self, buffered: usize, len: usize) -> bool {
+        let in_line = largest_message_cost(self.max_message_size, self.max_fragments);
+        buffered.saturating_add(len).saturating_add(in_line) <= self.recv_buffer_bytes
+    }
+
     /// One more message under reassembly, with `partials` already: within
     /// `max_partial_messages`.
     #[inline]

@@ -151,8 +151,9 @@ impl RecvState {
     /// messages now in order through `ready`. A position more than a window ahead, or one
     /// already held, can only come from a broken or hostile peer.
     ///
-    /// Returns `Ok(false)` when holding the item would pass the receive buffer's limit:
-    /// nothing changed, and the caller must not acknowledge the packet.
+    /// Returns `Ok(false)` when holding the item would leave no room for the largest message
+    /// in line (see [`ConnectionLimits::admit_held`]): nothing changed, and the caller must not
+    /// acknowledge the packet.
     pub fn offer(
         &mut self,
         channel: u8,
@@ -166,7 +167,7 @@ impl RecvState {
         if !limits.in_window(seq, ch.next()) {
             return Err("channel sequence number beyond the window");
         }
-        if seq > ch.next() && !limits.admit_recv_bytes(buffered, ch.hold_cost(seq, &item)) {
+        if seq > ch.next() && !limits.admit_held(buffered, ch.hold_cost(seq, &item)) {
             return Ok(false);
         }
         let before = ch.held_bytes();

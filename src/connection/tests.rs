@@ -627,6 +627,60 @@ fn the_largest_fragmented_message_fits_a_receive_buffer_at_its_validated_minimum
 }
 
 #[test]
+fn messages_held_back_leave_room_for_the_largest_message_in_line() {
+    // Position 0 of an ordered channel is missing and later positions keep arriving. Held
+    // back, they could fill the receive buffer so that position 0, the one message that would
+    // release them, never finds room: a deadlock. Holding stops where the largest message
+    // still fits; the positions refused are not acknowledged (sent again later), and the
+    // largest message at position 0 then goes through and releases what was held.
+    use crate::limits::largest_message_cost;
+    let now = t0();
+    let budget = 1500;
+    let cfg = Config::default()
+        .max_message_size(1000)
+        .max_fragments(4)
+        .recv_buffer_bytes(largest_message_cost(1000, 4) + budget);
+    cfg.validate().unwrap();
+    let ordered = |id: u64, payload: &'static [u8]| {
+        Frame::Message(MessageFrame {
+            guarantee: Guarantee::ExactlyOnce,
+            channel: 0,
+            id,
+            chan_seq: Some(id),
+            fragment: None,
+            payload,
+        })
+    };
+    static LATER: [u8; 300] = [5; 300];
+    static FIRST: [u8; 1000] = [9; 1000];
+    for general in [false, true] {
+        let run = || {
+            let mut c = conn(cfg.clone(), now);
+            for id in 1..=10u64 {
+                c.handle_datagram(now, &datagram(id as u32, &[ordered(id, &LATER)]))
+                    .unwrap();
+            }
+            let held = c.rx.buffered_bytes();
+            assert!(held <= budget, "{held} held past the budget {budget}");
+            assert!(held > 0, "nothing held");
+            assert!(messages(&mut c).is_empty());
+            c.handle_datagram(now, &datagram(11, &[ordered(0, &FIRST)]))
+                .unwrap();
+            let got = messages(&mut c);
+            let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+            assert!(ids.len() > 1 && ids.len() < 11, "{ids:?}");
+            assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+            assert_eq!(got[0].1, FIRST);
+        };
+        if general {
+            general_only(run);
+        } else {
+            run();
+        }
+    }
+}
+
+#[test]
 fn reliable_arrivals_in_and_out_of_order_match_a_model() {
     // In-order arrivals (handled by the next-in-line path) mixed with losses, repairs and
     // copies (the general path): every message is handed over, exactly-once ones once, and
