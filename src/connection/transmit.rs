@@ -200,7 +200,10 @@ impl Connection {
     /// Whether [`poll_transmit`](Self::poll_transmit) has a packet to build now. `false`
     /// holds until the next datagram, timer or call of the application: the endpoint does not
     /// ask such a connection again before one of those. Released message tokens come from
-    /// other threads at any time, so a connection with a token sink always answers `true`.
+    /// other threads at any time and are only collected by `poll_transmit`, so a connection
+    /// with a token sink always answers `true`. A release alone does not wake an idle
+    /// connection: it goes out with the flush after the next datagram, timer or call of the
+    /// application.
     pub(crate) fn wants_transmit(&mut self) -> bool {
         if self.token_sink.is_some() {
             return true;
