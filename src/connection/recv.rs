@@ -570,7 +570,16 @@ impl Connection {
                 self.hand_over(id, m.channel, m.guarantee, false, payload, true);
                 true
             }
-            Some(seq) => self.offer_ordered(id, m.channel, seq, m.guarantee, payload),
+            Some(seq) => {
+                let held = self.offer_ordered(id, m.channel, seq, m.guarantee, payload);
+                if !held && m.fragment.is_some() {
+                    // Reassembled but no room to hold it: the packets of its other fragments
+                    // were acknowledged, so the sender would only send this last one again,
+                    // which cannot rebuild the message. Ask for all of it.
+                    self.request_again(now, id);
+                }
+                held
+            }
         };
         if accepted {
             if let Some(pos) = self.rx.rejects.iter().position(|&r| r == id) {

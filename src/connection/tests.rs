@@ -681,6 +681,63 @@ fn messages_held_back_leave_room_for_the_largest_message_in_line() {
 }
 
 #[test]
+fn a_reassembled_message_with_no_room_to_be_held_is_asked_for_again_whole() {
+    // Its first fragment's packet was acknowledged; refusing only the last one's would leave
+    // the sender sending that fragment alone, from which the message can never be rebuilt.
+    use crate::limits::largest_message_cost;
+    use crate::wire::Fragment;
+    let now = t0();
+    let cfg = Config::default()
+        .max_message_size(1000)
+        .max_fragments(4)
+        .recv_buffer_bytes(largest_message_cost(1000, 4) + 700);
+    let ordered = |id: u64, fragment: Option<Fragment>, payload: &'static [u8]| {
+        Frame::Message(MessageFrame {
+            guarantee: Guarantee::ExactlyOnce,
+            channel: 0,
+            id,
+            chan_seq: Some(id),
+            fragment,
+            payload,
+        })
+    };
+    static LATER: [u8; 300] = [5; 300];
+    static HALF: [u8; 500] = [6; 500];
+    let mut c = conn(cfg, now);
+    // Positions 1 and 2 held (about 700 bytes with their slots); position 0 missing.
+    for id in 1..=2u64 {
+        c.handle_datagram(now, &datagram(id as u32, &[ordered(id, None, &LATER)]))
+            .unwrap();
+    }
+    let frag = |index| {
+        Some(Fragment {
+            total_len: 1000,
+            count: 2,
+            index,
+        })
+    };
+    c.handle_datagram(now, &datagram(3, &[ordered(3, frag(0), &HALF)]))
+        .unwrap();
+    assert!(c.rx.rejects.is_empty());
+    c.handle_datagram(now, &datagram(4, &[ordered(3, frag(1), &HALF)]))
+        .unwrap();
+    assert_eq!(c.rx.rejects, [3], "position 3 is not asked for again");
+    let mut buf = [0u8; 1500];
+    let n = c
+        .poll_transmit(now, &mut buf)
+        .expect("a packet with the REJECT");
+    let (_, payload) = wire::open(&buf[..n], &Crc32).unwrap();
+    let rejected: Vec<u64> = wire::frames(payload)
+        .filter_map(|f| match f.unwrap() {
+            Frame::Reject(r) => Some(r.ids().collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(rejected, [3]);
+}
+
+#[test]
 fn reliable_arrivals_in_and_out_of_order_match_a_model() {
     // In-order arrivals (handled by the next-in-line path) mixed with losses, repairs and
     // copies (the general path): every message is handed over, exactly-once ones once, and
