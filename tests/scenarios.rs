@@ -1513,3 +1513,55 @@ fn at_most_once_gaps_add_up() {
     }
     h.check_final(true);
 }
+
+#[test]
+fn ordered_messages_behind_rejected_ones_on_a_small_receive_buffer_are_all_delivered() {
+    // Acknowledge-after-processing on ordered channels, messages up to near the largest size
+    // (a quarter of them fragmented), a receive buffer from just the largest message to three
+    // more of them, 20% loss, and every message rejected once: each rejected message comes
+    // again while later ones of its channel wait behind it, and the buffer is often full.
+    // Every message is Delivered, none dead-lettered, within 120 s of virtual time. (The
+    // exact deadlock of a full hold-back is pinned by a unit test of the connection.)
+    for seed in 0..12u64 {
+        let config = Config::default()
+            .ack_mode(AckMode::AfterProcessing)
+            .max_message_size(6000)
+            .max_fragments(8)
+            .recv_buffer_bytes(6100 + 2000 * (seed as usize % 4))
+            .default_max_retransmits(1000)
+            .rng_seed(seed);
+        let mut h = Harness::with(config, seed);
+        h.links(LinkConfig::perfect(ms(5)).loss(0.2));
+        h.tokens = Tokens::Hold;
+        let mut rng = Rng::new(seed);
+        for _ in 0..40 {
+            let len = if rng.chance(0.25) {
+                3000 + rng.below(2900) as usize
+            } else {
+                1 + rng.below(400) as usize
+            };
+            let channel = rng.below(2) as u8;
+            h.send(len, SendOptions::new(EO).channel(channel).ordered(true))
+                .unwrap();
+        }
+        let mut rejected_once = BTreeSet::new();
+        let end = h.now() + secs(120);
+        while !h.all_outcomes() && h.now() < end {
+            h.run_for(ms(5));
+            let now = h.now();
+            for token in std::mem::take(&mut h.held) {
+                let k = (true, token.id().get());
+                if rejected_once.insert(k) {
+                    h.ck.rejected.insert(k);
+                    h.pair.b.reject(now, token).unwrap();
+                } else {
+                    h.ck.app_acked.insert(k);
+                    h.pair.b.ack(now, token).unwrap();
+                }
+            }
+        }
+        assert!(h.all_outcomes(), "seed {seed}: {}", h.diag());
+        h.assert_all_delivered();
+        h.check_final(true);
+    }
+}
