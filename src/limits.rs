@@ -121,6 +121,7 @@ pub(crate) const fn pooled_cost(capacity: usize) -> usize {
 /// The configurable caps of one connection, copied from its [`Config`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ConnectionLimits {
+    max_datagram_size: usize,
     max_message_size: usize,
     max_fragments: u32,
     max_pending_messages: usize,
@@ -133,6 +134,7 @@ pub(crate) struct ConnectionLimits {
 impl ConnectionLimits {
     pub(crate) fn new(config: &Config) -> Self {
         ConnectionLimits {
+            max_datagram_size: config.max_datagram_size,
             max_message_size: config.max_message_size,
             max_fragments: config.max_fragments,
             max_pending_messages: config.max_pending_messages,
@@ -187,14 +189,26 @@ impl ConnectionLimits {
         buffered.saturating_add(len) <= self.recv_buffer_bytes
     }
 
-    /// `len` more bytes held back in an ordered channel, with `buffered` held in all: only
-    /// while the largest message still fits besides. Held messages wait for the one in line
-    /// before them; if they could fill the buffer, that message would never find room, and
-    /// nothing held would ever be released.
+    /// `len` more bytes held back in an ordered channel, or a message under reassembly ahead
+    /// of its channel's next position, with `buffered` held in all: only while the largest
+    /// message in line still fits besides ([`in_line_reserve`](Self::in_line_reserve)).
+    /// Held messages wait for the one in line before them; if they could fill the buffer,
+    /// that message would never find room, and nothing held would ever be released.
     #[inline]
     pub(crate) fn admit_held(&self, buffered: usize, len: usize) -> bool {
-        let in_line = largest_message_cost(self.max_message_size, self.max_fragments);
-        buffered.saturating_add(len).saturating_add(in_line) <= self.recv_buffer_bytes
+        buffered
+            .saturating_add(len)
+            .saturating_add(self.in_line_reserve())
+            <= self.recv_buffer_bytes
+    }
+
+    /// What the largest message in line can take: the largest message this end accepts in
+    /// fragments, or a whole one in a datagram (a peer may send whole messages up to its
+    /// datagram size, whatever `max_message_size` says here).
+    #[inline]
+    pub(crate) fn in_line_reserve(&self) -> usize {
+        largest_message_cost(self.max_message_size, self.max_fragments)
+            .max(self.max_datagram_size.saturating_add(QUEUED_EVENT_COST))
     }
 
     /// One more message under reassembly, with `partials` already: within

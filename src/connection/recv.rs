@@ -182,6 +182,17 @@ impl RecvState {
 }
 
 impl RecvState {
+    /// Whether `seq` lies ahead of ordered channel `channel`'s next position (a channel not yet
+    /// used starts at 0).
+    fn is_ahead(&self, channel: u8, seq: u64) -> bool {
+        let next = self
+            .channels
+            .get(channel as usize)
+            .and_then(Option::as_deref)
+            .map_or(0, OrderedChannel::next);
+        seq > next
+    }
+
     /// Whether ordered channel `channel` exists and `seq` is its next position, with nothing
     /// held (see [`OrderedChannel::is_next_alone`]).
     #[inline]
@@ -574,8 +585,8 @@ impl Connection {
                 let held = self.offer_ordered(id, m.channel, seq, m.guarantee, payload);
                 if !held && m.fragment.is_some() {
                     // Reassembled but no room to hold it: the packets of its other fragments
-                    // were acknowledged, so the sender would only send this last one again,
-                    // which cannot rebuild the message. Ask for all of it.
+                    // were acknowledged, so the sender would only send the completing one
+                    // again, which cannot rebuild the message. Ask for all of it.
                     self.request_again(now, id);
                 }
                 held
@@ -840,7 +851,15 @@ impl Connection {
         m: &MessageFrame<'_>,
         frag: wire::Fragment,
     ) -> Result<Vec<u8>, bool> {
-        let buffered = self.rx.buffered_bytes();
+        let mut buffered = self.rx.buffered_bytes();
+        if space == Space::Reliable
+            && m.chan_seq
+                .is_some_and(|seq| self.rx.is_ahead(m.channel, seq))
+        {
+            // It will be held back once complete: it must leave the message in line room, as
+            // held messages do.
+            buffered = buffered.saturating_add(self.limits.in_line_reserve());
+        }
         let reassembly = &mut self.rx.reassembly;
         match reassembly.on_fragment(now, space, m, frag, &self.limits, buffered) {
             FragmentOutcome::Stored => {

@@ -680,48 +680,125 @@ fn messages_held_back_leave_room_for_the_largest_message_in_line() {
     }
 }
 
+/// An ordered exactly-once MESSAGE frame at position `id` of channel 0 (id and position
+/// equal), whole or one fragment of a two-fragment message.
+fn ordered_at(id: u64, fragment: Option<crate::wire::Fragment>, payload: &[u8]) -> Frame<'_> {
+    Frame::Message(MessageFrame {
+        guarantee: Guarantee::ExactlyOnce,
+        channel: 0,
+        id,
+        chan_seq: Some(id),
+        fragment,
+        payload,
+    })
+}
+
 #[test]
-fn a_reassembled_message_with_no_room_to_be_held_is_asked_for_again_whole() {
-    // Its first fragment's packet was acknowledged; refusing only the last one's would leave
-    // the sender sending that fragment alone, from which the message can never be rebuilt.
-    use crate::limits::largest_message_cost;
+fn a_partial_message_ahead_of_its_channel_leaves_room_for_the_one_in_line() {
+    // Positions 1..=4 offered (as many held as the budget allows); then the first fragment
+    // of position 5 would take the room the message in line needs. It is refused (its packet not acknowledged), and position 0,
+    // the largest message, goes through and releases the four.
     use crate::wire::Fragment;
     let now = t0();
     let cfg = Config::default()
         .max_message_size(1000)
         .max_fragments(4)
-        .recv_buffer_bytes(largest_message_cost(1000, 4) + 700);
-    let ordered = |id: u64, fragment: Option<Fragment>, payload: &'static [u8]| {
+        .recv_buffer_bytes(crate::limits::largest_message_cost(1000, 4) + 1500);
+    let mut c = conn(cfg, now);
+    let later = [5u8; 300];
+    for id in 1..=4u64 {
+        c.handle_datagram(now, &datagram(id as u32, &[ordered_at(id, None, &later)]))
+            .unwrap();
+    }
+    let half = [6u8; 500];
+    let fragment = Some(Fragment {
+        total_len: 1000,
+        count: 2,
+        index: 0,
+    });
+    c.handle_datagram(now, &datagram(5, &[ordered_at(5, fragment, &half)]))
+        .unwrap();
+    assert_eq!(
+        c.rx.reassembly.bytes(),
+        0,
+        "the partial message took the room"
+    );
+    assert!(!c.rx.received.contains(5), "its packet is acknowledged");
+    let first = [9u8; 1000];
+    c.handle_datagram(now, &datagram(6, &[ordered_at(0, None, &first)]))
+        .unwrap();
+    let ids: Vec<u64> = messages(&mut c).into_iter().map(|(id, _)| id).collect();
+    assert!(ids.len() > 1, "{ids:?}");
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_whole_message_in_line_larger_than_max_message_size_still_finds_room() {
+    // max_message_size is this end's own limit and not the peer's: a peer may send a whole
+    // message up to its datagram size. The room kept for the message in line covers that.
+    let now = t0();
+    let cfg = Config::default()
+        .max_message_size(300)
+        .max_fragments(2)
+        .recv_buffer_bytes(crate::limits::largest_message_cost(300, 2) + 1500);
+    let mut c = conn(cfg, now);
+    let later = [5u8; 200];
+    for id in 1..=10u64 {
+        c.handle_datagram(now, &datagram(id as u32, &[ordered_at(id, None, &later)]))
+            .unwrap();
+    }
+    let first = [9u8; 1000];
+    c.handle_datagram(now, &datagram(11, &[ordered_at(0, None, &first)]))
+        .unwrap();
+    let got = messages(&mut c);
+    assert!(got.len() > 1, "{} delivered", got.len());
+    assert_eq!(got[0], (0, first.to_vec()));
+}
+
+#[test]
+fn a_reassembled_message_with_no_room_to_be_held_is_asked_for_again_whole() {
+    // Its first fragment's packet was acknowledged; refusing only the completing one's would
+    // leave the sender sending that fragment alone, from which the message can never be
+    // rebuilt. Here the partial message fits, but held back it also pays for the empty
+    // positions before it, and that does not.
+    use crate::limits::{HELD_ENTRY_COST, partial_cost};
+    use crate::wire::Fragment;
+    let now = t0();
+    let cfg = Config::default()
+        .max_datagram_size(512)
+        .max_message_size(1000)
+        .max_fragments(4)
+        .recv_buffer_bytes(2300);
+    let reserve = ConnectionLimits::new(&cfg).in_line_reserve();
+    let budget = 2300 - reserve;
+    // Held at position 8 with nothing before it: eight slots and the payload.
+    let (position, cost) = (8u64, partial_cost(1000, 2));
+    assert!(cost <= budget && 1000 + 8 * HELD_ENTRY_COST > budget);
+    static HALF: [u8; 500] = [6; 500];
+    let half = |index| {
         Frame::Message(MessageFrame {
             guarantee: Guarantee::ExactlyOnce,
             channel: 0,
-            id,
-            chan_seq: Some(id),
-            fragment,
-            payload,
+            id: position,
+            chan_seq: Some(position),
+            fragment: Some(Fragment {
+                total_len: 1000,
+                count: 2,
+                index,
+            }),
+            payload: &HALF,
         })
     };
-    static LATER: [u8; 300] = [5; 300];
-    static HALF: [u8; 500] = [6; 500];
     let mut c = conn(cfg, now);
-    // Positions 1 and 2 held (about 700 bytes with their slots); position 0 missing.
-    for id in 1..=2u64 {
-        c.handle_datagram(now, &datagram(id as u32, &[ordered(id, None, &LATER)]))
-            .unwrap();
-    }
-    let frag = |index| {
-        Some(Fragment {
-            total_len: 1000,
-            count: 2,
-            index,
-        })
-    };
-    c.handle_datagram(now, &datagram(3, &[ordered(3, frag(0), &HALF)]))
-        .unwrap();
+    c.handle_datagram(now, &datagram(0, &[half(1)])).unwrap();
+    assert_eq!(
+        c.rx.reassembly.bytes(),
+        cost,
+        "the partial message was not admitted"
+    );
     assert!(c.rx.rejects.is_empty());
-    c.handle_datagram(now, &datagram(4, &[ordered(3, frag(1), &HALF)]))
-        .unwrap();
-    assert_eq!(c.rx.rejects, [3], "position 3 is not asked for again");
+    c.handle_datagram(now, &datagram(1, &[half(0)])).unwrap();
+    assert_eq!(c.rx.rejects, [position], "not asked for again");
     let mut buf = [0u8; 1500];
     let n = c
         .poll_transmit(now, &mut buf)
@@ -734,7 +811,7 @@ fn a_reassembled_message_with_no_room_to_be_held_is_asked_for_again_whole() {
         })
         .flatten()
         .collect();
-    assert_eq!(rejected, [3]);
+    assert_eq!(rejected, [position]);
 }
 
 #[test]
@@ -2129,6 +2206,7 @@ fn an_ordered_channel_keeps_no_slots_once_nothing_is_held() {
     // counts (a ring that kept 64 slots would keep 640 KiB here against a 5,000-byte buffer).
     let now = t0();
     let config = Config::default()
+        .max_datagram_size(512)
         .max_message_size(200)
         .max_fragments(2)
         .recv_buffer_bytes(5000);
