@@ -693,66 +693,68 @@ fn ordered_at(id: u64, fragment: Option<crate::wire::Fragment>, payload: &[u8]) 
     })
 }
 
+/// On a connection with `cfg`: positions 1..=`later` of channel 0 arrive (`len` bytes each;
+/// as many held as the budget allows), then `between` runs, then position 0 (`first` bytes),
+/// the message in line. Checks that position 0 and at least one held position are delivered,
+/// in order.
+fn hold_then_in_line(
+    cfg: Config,
+    (later, len): (u64, usize),
+    between: impl FnOnce(&mut Connection, Instant),
+    first: usize,
+) {
+    let now = t0();
+    let mut c = conn(cfg, now);
+    let held = vec![5u8; len];
+    for id in 1..=later {
+        c.handle_datagram(now, &datagram(id as u32, &[ordered_at(id, None, &held)]))
+            .unwrap();
+    }
+    between(&mut c, now);
+    let payload = vec![9u8; first];
+    c.handle_datagram(now, &datagram(100, &[ordered_at(0, None, &payload)]))
+        .unwrap();
+    let got = messages(&mut c);
+    let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
+    assert!(ids.len() > 1, "{ids:?}");
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+    assert_eq!(got[0].1, payload);
+}
+
 #[test]
 fn a_partial_message_ahead_of_its_channel_leaves_room_for_the_one_in_line() {
-    // Positions 1..=4 offered (as many held as the budget allows); then the first fragment
-    // of position 5 would take the room the message in line needs. It is refused (its packet not acknowledged), and position 0,
-    // the largest message, goes through and releases the four.
+    // After the held positions, the first fragment of a message ahead would take the room
+    // the message in line needs: it is refused (its packet not acknowledged), and position
+    // 0, the largest message, goes through and releases what was held.
     use crate::wire::Fragment;
-    let now = t0();
     let cfg = Config::default()
         .max_message_size(1000)
         .max_fragments(4)
         .recv_buffer_bytes(crate::limits::largest_message_cost(1000, 4) + 1500);
-    let mut c = conn(cfg, now);
-    let later = [5u8; 300];
-    for id in 1..=4u64 {
-        c.handle_datagram(now, &datagram(id as u32, &[ordered_at(id, None, &later)]))
+    let partial = |c: &mut Connection, now| {
+        let half = [6u8; 500];
+        let fragment = Some(Fragment {
+            total_len: 1000,
+            count: 2,
+            index: 0,
+        });
+        c.handle_datagram(now, &datagram(50, &[ordered_at(50, fragment, &half)]))
             .unwrap();
-    }
-    let half = [6u8; 500];
-    let fragment = Some(Fragment {
-        total_len: 1000,
-        count: 2,
-        index: 0,
-    });
-    c.handle_datagram(now, &datagram(5, &[ordered_at(5, fragment, &half)]))
-        .unwrap();
-    assert_eq!(
-        c.rx.reassembly.bytes(),
-        0,
-        "the partial message took the room"
-    );
-    assert!(!c.rx.received.contains(5), "its packet is acknowledged");
-    let first = [9u8; 1000];
-    c.handle_datagram(now, &datagram(6, &[ordered_at(0, None, &first)]))
-        .unwrap();
-    let ids: Vec<u64> = messages(&mut c).into_iter().map(|(id, _)| id).collect();
-    assert!(ids.len() > 1, "{ids:?}");
-    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+        assert_eq!(c.rx.reassembly.bytes(), 0, "the partial took the room");
+        assert!(!c.rx.received.contains(50), "its packet is acknowledged");
+    };
+    hold_then_in_line(cfg, (4, 300), partial, 1000);
 }
 
 #[test]
 fn a_whole_message_in_line_larger_than_max_message_size_still_finds_room() {
     // max_message_size is this end's own limit and not the peer's: a peer may send a whole
     // message up to its datagram size. The room kept for the message in line covers that.
-    let now = t0();
     let cfg = Config::default()
         .max_message_size(300)
         .max_fragments(2)
         .recv_buffer_bytes(crate::limits::largest_message_cost(300, 2) + 1500);
-    let mut c = conn(cfg, now);
-    let later = [5u8; 200];
-    for id in 1..=10u64 {
-        c.handle_datagram(now, &datagram(id as u32, &[ordered_at(id, None, &later)]))
-            .unwrap();
-    }
-    let first = [9u8; 1000];
-    c.handle_datagram(now, &datagram(11, &[ordered_at(0, None, &first)]))
-        .unwrap();
-    let got = messages(&mut c);
-    assert!(got.len() > 1, "{} delivered", got.len());
-    assert_eq!(got[0], (0, first.to_vec()));
+    hold_then_in_line(cfg, (10, 200), |_, _| {}, 1000);
 }
 
 #[test]
@@ -776,18 +778,12 @@ fn a_reassembled_message_with_no_room_to_be_held_is_asked_for_again_whole() {
     assert!(cost <= budget && 1000 + 8 * HELD_ENTRY_COST > budget);
     static HALF: [u8; 500] = [6; 500];
     let half = |index| {
-        Frame::Message(MessageFrame {
-            guarantee: Guarantee::ExactlyOnce,
-            channel: 0,
-            id: position,
-            chan_seq: Some(position),
-            fragment: Some(Fragment {
-                total_len: 1000,
-                count: 2,
-                index,
-            }),
-            payload: &HALF,
-        })
+        let fragment = Fragment {
+            total_len: 1000,
+            count: 2,
+            index,
+        };
+        ordered_at(position, Some(fragment), &HALF)
     };
     let mut c = conn(cfg, now);
     c.handle_datagram(now, &datagram(0, &[half(1)])).unwrap();
