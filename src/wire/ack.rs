@@ -268,11 +268,6 @@ pub fn emit_ack<I: Iterator<Item = Range<u64>> + Clone>(
     ack_delay_us: u64,
     ranges_desc: I,
 ) -> Result<(), WireError> {
-    let mut probe = ranges_desc.clone();
-    if let (Some(only), None) = (probe.next(), probe.next()) {
-        // The usual ACK, with no gap: one pass instead of a planning walk and a writing walk.
-        return emit_ack_one_range(w, ack_delay_us, only);
-    }
     let Some((plan, len)) = ack_plan(ack_delay_us, ranges_desc.clone()) else {
         return Ok(());
     };
@@ -282,35 +277,15 @@ pub fn emit_ack<I: Iterator<Item = Range<u64>> + Clone>(
     w.put_varint(ack_delay_us.min(MAX_VARINT))?;
     w.put_varint(plan.additional as u64)?;
     w.put_varint(plan.first_range)?;
+    if plan.additional == 0 {
+        // The usual ACK, with no gap: nothing more to walk.
+        return Ok(());
+    }
     walk_ack(ranges_desc, |gap, len| {
         w.put_varint(gap)?;
         w.put_varint(len)
     })?;
     Ok(())
-}
-
-/// [`emit_ack`] of the single range `only`: the same bytes, in one pass.
-fn emit_ack_one_range(
-    w: &mut Writer<'_>,
-    ack_delay_us: u64,
-    only: Range<u64>,
-) -> Result<(), WireError> {
-    let valid = only.start < only.end && only.end - 1 <= MAX_VARINT;
-    debug_assert!(valid, "bad first ACK range {only:?}");
-    if !valid {
-        return Ok(());
-    }
-    let largest = only.end - 1;
-    let first_range = largest - only.start;
-    let delay = ack_delay_us.min(MAX_VARINT);
-    // Type, largest, delay, range count (0: one byte), first range.
-    let len = 2 + varint_len(largest) + varint_len(delay) + varint_len(first_range);
-    reserve(w, len)?;
-    w.put_u8(ty::ACK)?;
-    w.put_varint(largest)?;
-    w.put_varint(delay)?;
-    w.put_u8(0)?;
-    w.put_varint(first_range)
 }
 
 /// Number of bytes [`emit_ack`] writes for these arguments (0 for no ranges).
@@ -567,20 +542,16 @@ pub fn emit_msg_ack<I: Iterator<Item = Range<u64>> + Clone>(
     if limit < cumulative {
         return Err(WireError::LimitBelowCumulative);
     }
-    if ranges_asc.clone().next().is_none() {
-        // The usual MSG_ACK: everything complete is below the cumulative point.
-        reserve(w, 2 + varint_len(cumulative) + varint_len(limit))?;
-        w.put_u8(ty::MSG_ACK)?;
-        w.put_varint(cumulative)?;
-        w.put_varint(limit)?;
-        return w.put_u8(0);
-    }
     let (count, len) = msg_ack_plan(cumulative, limit, ranges_asc.clone());
     reserve(w, len)?;
     w.put_u8(ty::MSG_ACK)?;
     w.put_varint(cumulative)?;
     w.put_varint(limit)?;
     w.put_varint(count as u64)?;
+    if count == 0 {
+        // The usual MSG_ACK: everything complete is below the cumulative point.
+        return Ok(());
+    }
     walk_msg_ack(cumulative, ranges_asc, |gap, len| {
         w.put_varint(gap)?;
         w.put_varint(len)
