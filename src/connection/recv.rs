@@ -15,6 +15,8 @@
 
 use std::time::Instant;
 
+use arrayvec::ArrayVec;
+
 use super::channel::{Held, OrderedChannel};
 use super::reassembly::{FragmentOutcome, Reassembly, Space};
 use super::{Connection, State};
@@ -275,14 +277,15 @@ impl Connection {
         // One parse: the frames go into a small array, and take effect only once the whole
         // payload parsed (a malformed datagram has no partial effect). A payload with more
         // frames than the array holds is parsed a second time to apply the rest.
-        let mut parsed = [Frame::Ping; INLINE_FRAMES];
+        // The array starts uninitialised, so a packet of two frames writes two slots of
+        // stack, not all of them.
+        let mut parsed = ArrayVec::<Frame, INLINE_FRAMES>::new();
         let mut count = 0;
         for frame in wire::frames(payload) {
             match frame {
                 Ok(f) => {
-                    if let Some(slot) = parsed.get_mut(count) {
-                        *slot = f;
-                    }
+                    // Full: the frames past the array are parsed again below.
+                    let _ = parsed.try_push(f);
                     count += 1;
                 }
                 Err(e) => {
@@ -309,7 +312,7 @@ impl Connection {
         // other inline frames: a MSG_ACK in the same packet has then already settled the
         // messages it confirms, so the ACK does not mark each of their fragments received, and
         // a packet it declares lost does not queue them again.
-        let inline = &parsed[..count.min(INLINE_FRAMES)];
+        let inline = &parsed[..];
         let mut acks = false;
         for frame in inline {
             if let Frame::Ack(ack) = frame {
