@@ -748,8 +748,14 @@ impl Connection {
     }
 
     /// Skips a packet number when one is due; remembers the last few skipped.
+    ///
+    /// The skip waits for a packet sent while another is in flight. A packet that goes with
+    /// nothing in flight, as a request or its answer does, would otherwise follow a gap that
+    /// looks like a loss and draws an acknowledgement of its own. Such a sender is not held
+    /// back by its congestion window, so an optimistic acknowledgement has nothing to speed
+    /// up; a sender the window holds back has packets in flight, and skips as before.
     fn maybe_skip_pn(&mut self, now: Instant) {
-        if self.ledger.next_pn() != self.next_skip {
+        if self.ledger.next_pn() < self.next_skip || self.ledger.bytes_in_flight == 0 {
             return;
         }
         let pn = self.ledger.skip_pn(now);
