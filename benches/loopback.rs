@@ -35,7 +35,12 @@
 //! message; raw: a datagram answered by a datagram). 1,000 warm-up pings, then 20,000 timed
 //! (`SURELY_BENCH_PINGS` overrides; 200 under `--test`; `SURELY_BENCH_RTT=crate|raw` and
 //! `SURELY_BENCH_WAIT=blocking|busy-poll` run one side or one strategy alone), recorded in
-//! `surely::histogram::LatencyHistogram`; p50/p99/p99.9 and the ratios are printed.
+//! `surely::histogram::LatencyHistogram`; p50/p99/p99.9 and the ratios are printed. Blocking
+//! waits have the same bound on both sides at each place (`PEER_WAIT`, `BATCH_WAIT`,
+//! `PING_WAIT`); the crate may wake earlier for a timer of its own. Where the scheduler puts
+//! the two threads moves the blocking figures more than anything either side does (a wake-up
+//! across CPUs can cost tens of microseconds on a virtual machine); `taskset -c 0` runs both
+//! ends on one CPU, where the round trip is mostly the code and the system calls.
 //!
 //! Every socket is bound to 127.0.0.1; every loop is bounded by a count and a deadline; the
 //! receiver threads stop when the measurement ends.
@@ -66,6 +71,12 @@ const RAW_WINDOW: u64 = 1024;
 const RAW_STALL: Duration = Duration::from_millis(100);
 /// Longest any one batch or ping may take before the bench gives up (a bug, not a result).
 const STEP_LIMIT: Duration = Duration::from_secs(30);
+/// Blocking waits, the same bound for the crate and raw UDP at each place: a receiving or
+/// echoing peer between looks at its stop flag; a throughput sender between checks of
+/// progress; a ping client (the echo ends its wait long before).
+const PEER_WAIT: Duration = Duration::from_millis(5);
+const BATCH_WAIT: Duration = Duration::from_millis(1);
+const PING_WAIT: Duration = Duration::from_millis(100);
 /// A receiver thread stops by itself after this long in any case.
 const THREAD_LIMIT: Duration = Duration::from_secs(1800);
 const GUARANTEE: Guarantee = Guarantee::ExactlyOnce;
@@ -181,9 +192,11 @@ fn io_counters(d: &Driver) -> String {
     )
 }
 
-fn drive(d: &mut Driver, wait: Wait) {
+/// One turn of the driver. Blocking waits at most `timeout` (or until the crate's next timer),
+/// the same bound the raw side uses at the same place.
+fn drive(d: &mut Driver, wait: Wait, timeout: Duration) {
     match wait {
-        Wait::Blocking => d.wait(Some(Duration::from_millis(1))),
+        Wait::Blocking => d.wait(Some(timeout)),
         Wait::BusyPoll => d.busy_poll(),
     }
     .expect("socket");
@@ -195,7 +208,7 @@ fn crate_peer(wait: Wait, role: Role, transport: Config) -> Peer {
         tx.send(server.local_addr()).unwrap();
         let end = Instant::now() + THREAD_LIMIT;
         while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-            drive(&mut server, wait);
+            drive(&mut server, wait, PEER_WAIT);
             while let Some(ev) = server.poll_event() {
                 if let EndpointEvent::Connection {
                     handle,
@@ -227,7 +240,7 @@ fn crate_client(to: SocketAddr, wait: Wait, transport: Config) -> (Driver, Conne
     let h = client.connect(to).expect("connect");
     let end = Instant::now() + Duration::from_secs(10);
     while Instant::now() < end {
-        drive(&mut client, wait);
+        drive(&mut client, wait, BATCH_WAIT);
         while let Some(ev) = client.poll_event() {
             match ev {
                 EndpointEvent::Connected { handle } if handle == h => return (client, h),
@@ -275,7 +288,7 @@ fn crate_batch(
             }
             client.flush().expect("flush");
         }
-        drive(client, wait);
+        drive(client, wait, BATCH_WAIT);
         while let Some(ev) = client.poll_event() {
             if let EndpointEvent::Connection { event, .. } = ev {
                 match event {
@@ -301,7 +314,7 @@ fn crate_ping(client: &mut Driver, h: ConnectionHandle, wait: Wait, payload: &[u
     client.flush().expect("flush");
     let end = t + STEP_LIMIT;
     loop {
-        drive(client, wait);
+        drive(client, wait, PING_WAIT);
         let mut got = None;
         while let Some(ev) = client.poll_event() {
             if let EndpointEvent::Connection {
@@ -425,7 +438,7 @@ fn raw_peer(wait: Wait, role: Role, recv_slot: usize, offload: bool) -> Peer {
         let end = Instant::now() + THREAD_LIMIT;
         let mut received = 0u64;
         while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-            raw.wait(wait, Duration::from_millis(5));
+            raw.wait(wait, PEER_WAIT);
             loop {
                 let n = raw.sock.recv_batch(&mut raw.inb).expect("recv");
                 received += n as u64;
@@ -488,7 +501,7 @@ fn raw_batch(
             st.sent += 1;
         }
         raw.flush();
-        raw.wait(wait, Duration::from_millis(1));
+        raw.wait(wait, BATCH_WAIT);
         loop {
             let mut counted = st.counted;
             let n = raw.recv(|_, data| {
@@ -520,7 +533,7 @@ fn raw_ping(raw: &mut Raw, to: SocketAddr, wait: Wait, payload: &[u8]) -> Durati
     raw.flush();
     let end = t + STEP_LIMIT;
     loop {
-        raw.wait(wait, Duration::from_millis(100));
+        raw.wait(wait, PING_WAIT);
         let mut got = false;
         while raw.recv(|_, _| got = true) == BATCH {}
         if got {
