@@ -41,6 +41,8 @@
 //! the two threads moves the blocking figures more than anything either side does (a wake-up
 //! across CPUs can cost tens of microseconds on a virtual machine); `taskset -c 0` runs both
 //! ends on one CPU, where the round trip is mostly the code and the system calls.
+//! `SURELY_BENCH_PIN=split` keeps the sending or pinging thread on CPU 0 and the peers on CPU
+//! 1, `SURELY_BENCH_PIN=same` every thread on CPU 0 (blocking only); both sides alike.
 //!
 //! Every socket is bound to 127.0.0.1; every loop is bounded by a count and a deadline; the
 //! receiver threads stop when the measurement ends.
@@ -108,6 +110,71 @@ enum Role {
     Echo,
 }
 
+/// Where the threads run, from `SURELY_BENCH_PIN`: unset, where the scheduler puts them;
+/// `split`, the sending (or pinging) thread on CPU 0 and the peers on CPU 1; `same`, every
+/// thread on CPU 0. The same placement holds for the crate and raw UDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    Free,
+    Split,
+    Same,
+}
+
+impl Placement {
+    fn from_env() -> Placement {
+        match std::env::var("SURELY_BENCH_PIN").as_deref() {
+            Ok("split") => Placement::Split,
+            Ok("same") => Placement::Same,
+            Ok("") | Err(_) => Placement::Free,
+            Ok(other) => panic!("SURELY_BENCH_PIN={other}: expected split or same"),
+        }
+    }
+
+    fn main_cpu(self) -> Option<usize> {
+        (self != Placement::Free).then_some(0)
+    }
+
+    fn peer_cpu(self) -> Option<usize> {
+        match self {
+            Placement::Free => None,
+            Placement::Split => Some(1),
+            Placement::Same => Some(0),
+        }
+    }
+}
+
+impl Wait {
+    /// The wait strategies this placement can measure: two spinning ends on one CPU take
+    /// turns of a scheduler time slice, so `same` measures blocking alone.
+    fn placed() -> Vec<Wait> {
+        if Placement::from_env() == Placement::Same {
+            println!("SURELY_BENCH_PIN=same: busy-poll not measured (both ends on one CPU)");
+            vec![Wait::Blocking]
+        } else {
+            vec![Wait::Blocking, Wait::BusyPoll]
+        }
+    }
+}
+
+/// Keeps the calling thread on `cpu` (no change for `None`).
+fn pin(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    // SAFETY: `cpu_set_t` is plain data whose all-zero value is the empty set; `CPU_SET`
+    // writes a bit inside it (it checks the index against the set's size); the kernel reads
+    // `size_of::<cpu_set_t>()` bytes from a pointer to that live local value.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity to CPU {cpu}: {}",
+        io::Error::last_os_error()
+    );
+}
+
 fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
@@ -124,7 +191,10 @@ impl Peer {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let flag = stop.clone();
-        let thread = std::thread::spawn(move || run(tx, flag));
+        let thread = std::thread::spawn(move || {
+            pin(Placement::from_env().peer_cpu());
+            run(tx, flag)
+        });
         let addr = rx
             .recv_timeout(Duration::from_secs(10))
             .expect("receiver thread bound its socket");
@@ -566,7 +636,7 @@ fn flush_every(size: usize) -> u64 {
 fn bench_throughput(c: &mut Criterion) {
     // (wait, size, crate msgs/s, [raw msgs/s with GRO, without], raw (lost, sent))
     let mut results = Vec::new();
-    for wait in [Wait::Blocking, Wait::BusyPoll] {
+    for wait in Wait::placed() {
         let mut g = c.benchmark_group(format!("loopback/{}", wait.name()));
         g.sample_size(10);
         for size in [64usize, 1200] {
@@ -707,7 +777,7 @@ fn rtt() {
     // SURELY_BENCH_WAIT=blocking or busy-poll.
     let only = std::env::var("SURELY_BENCH_RTT").unwrap_or_default();
     let only_wait = std::env::var("SURELY_BENCH_WAIT").unwrap_or_default();
-    for wait in [Wait::Blocking, Wait::BusyPoll] {
+    for wait in Wait::placed() {
         if !only_wait.is_empty() && only_wait != wait.name() {
             continue;
         }
@@ -773,6 +843,7 @@ fn rtt() {
 criterion_group!(benches, bench_throughput);
 
 fn main() {
+    pin(Placement::from_env().main_cpu());
     benches();
     Criterion::default().configure_from_args().final_summary();
     if std::env::var_os("SURELY_BENCH_SKIP_RTT").is_none() {
