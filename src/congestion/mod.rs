@@ -25,6 +25,20 @@ pub trait Controller: std::fmt::Debug + Send {
     /// A packet of `bytes` bytes, sent at `sent_time`, was acknowledged for the first time.
     fn on_packet_acked(&mut self, now: Instant, sent_time: Instant, bytes: u64, rtt: &RttEstimator);
 
+    /// A packet of `bytes` bytes, sent at `sent_time`, was acknowledged for the first time
+    /// while the sender left most of its window unused (RFC 9002 section 7.8): the window
+    /// must not grow on it, so [`on_packet_acked`](Self::on_packet_acked) is not called. A
+    /// controller that keeps statistics of deliveries, such as a loss rate, counts it here.
+    /// Does nothing unless implemented.
+    fn on_packet_acked_app_limited(
+        &mut self,
+        _now: Instant,
+        _sent_time: Instant,
+        _bytes: u64,
+        _rtt: &RttEstimator,
+    ) {
+    }
+
     /// A packet sent at `sent_time` was declared lost.
     fn on_congestion_event(&mut self, now: Instant, sent_time: Instant);
 

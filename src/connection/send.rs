@@ -619,10 +619,16 @@ impl Connection {
             self.ledger.settle(pn, false)?;
             // RFC 9002 section 7.8: a window the sender does not fill (the application sends
             // less than it allows) must not grow, or it becomes a promise the path never kept.
-            let window_used = self.ledger.bytes_in_flight + u64::from(pkt.size);
-            if pkt.in_flight && window_used.saturating_mul(2) >= self.cc.window() {
-                self.cc
-                    .on_packet_acked(now, pkt.time, u64::from(pkt.size), &self.rtt);
+            // The controller still hears of the delivery.
+            if pkt.in_flight {
+                let bytes = u64::from(pkt.size);
+                let window_used = self.ledger.bytes_in_flight + bytes;
+                if window_used.saturating_mul(2) >= self.cc.window() {
+                    self.cc.on_packet_acked(now, pkt.time, bytes, &self.rtt);
+                } else {
+                    self.cc
+                        .on_packet_acked_app_limited(now, pkt.time, bytes, &self.rtt);
+                }
             }
         }
         // Spurious losses still tell us the fragments arrived.

@@ -382,6 +382,44 @@ fn acknowledging_a_skipped_packet_number_closes_the_connection() {
 }
 
 #[test]
+fn an_app_limited_sender_with_random_loss_keeps_its_loss_tolerant_window() {
+    // One small message per millisecond leaves the window mostly unused, so acknowledgements
+    // do not grow it; they must still reach the controller as deliveries. Every 20th packet
+    // is dropped: 5% loss, which LossTolerant takes for random. Were only the losses counted,
+    // its loss rate would pass 15% and halve the window.
+    let mut now = t0();
+    let config = Config::default().congestion(crate::CongestionControl::LossTolerant);
+    let (mut a, mut b) = connection_pair(config, now);
+    let start = a.stats().cwnd;
+    let mut buf = [0u8; 1500];
+    let mut sent = 0u64;
+    for _ in 0..2_000 {
+        now += Duration::from_millis(1);
+        a.send(now, &[7u8; 64], Guarantee::ExactlyOnce).unwrap();
+        while let Some(n) = a.poll_transmit(now, &mut buf) {
+            sent += 1;
+            if sent % 20 != 0 {
+                b.handle_datagram(now, &buf[..n]).unwrap();
+            }
+        }
+        b.handle_timeout(now);
+        while let Some(n) = b.poll_transmit(now, &mut buf) {
+            a.handle_datagram(now, &buf[..n]).unwrap();
+        }
+        a.handle_timeout(now);
+        while b.poll_event().is_some() {}
+        while a.poll_event().is_some() {}
+    }
+    let s = a.stats();
+    assert!(s.packets_lost >= 50, "{s:?}");
+    assert!(
+        s.cwnd >= start,
+        "window {} fell below {start}: {s:?}",
+        s.cwnd
+    );
+}
+
+#[test]
 fn ping_pong_costs_one_packet_per_message_each_way() {
     // Each side answers every message at once, driven in the order a driver uses: datagrams
     // in, transmit, then the application's events and its answer, then transmit again. The
