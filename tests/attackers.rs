@@ -608,6 +608,43 @@ fn optimistic_acker_is_detected() {
     });
 }
 
+/// The detector's scope: packet numbers are skipped only while a packet is in flight, so a
+/// sender of lone packets, each acknowledged before the next, skips none and an optimistic
+/// acker goes unseen. It gains no window there either: a window the sender does not fill
+/// does not grow, however early the acknowledgements come.
+#[test]
+fn an_optimistic_acker_of_lone_packets_gains_no_window() {
+    let start = t0();
+    let mut now = start;
+    let mut victim = Connection::new(Arc::new(Config::default()), 2, 1, start).unwrap();
+    let window = victim.stats().cwnd;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut largest: Option<PacketNumber> = None;
+    for peer_pn in 0..3_000u64 {
+        victim
+            .send(now, &[0x44; 100], Guarantee::AtMostOnce)
+            .unwrap();
+        while let Some(n) = victim.poll_transmit(now, &mut buf) {
+            let (h, _) = wire::open(&buf[..n], &Crc32).unwrap();
+            largest = Some(PacketNumber::expand(h.packet_number, largest));
+        }
+        let l = largest.expect("a packet was sent");
+        let mut fb = vec![0u8; 64];
+        let mut w = Writer::new(&mut fb);
+        wire::emit_ack(&mut w, 0, std::iter::once(0..l.0 + 1)).unwrap();
+        let len = w.position();
+        victim
+            .handle_datagram(now, &raw_to(2, peer_pn, &fb[..len]))
+            .unwrap();
+        events(&mut victim);
+        now += ms(2);
+        victim.handle_timeout(now);
+        assert!(victim.stats().cwnd <= window, "{:?}", victim.stats());
+    }
+    assert_eq!(victim.state(), State::Established);
+    assert_eq!(victim.stats().cwnd, window);
+}
+
 /// Honest peers over a lossy, reordering, duplicating link never trip the detector, in either
 /// direction, over thousands of packets (many skipped numbers, past the 16 remembered).
 #[test]

@@ -59,7 +59,7 @@ impl LossTolerant {
 
     fn record(&mut self, lost: bool) {
         let sample = if lost { ONE } else { 0 };
-        // loss_rate += (sample - loss_rate) / 32, in integers.
+        // loss_rate += (sample - loss_rate) / 256, in integers.
         self.loss_rate = self.loss_rate - (self.loss_rate >> EWMA_SHIFT) + (sample >> EWMA_SHIFT);
     }
 
