@@ -196,10 +196,7 @@ impl ConnectionLimits {
     /// that message would never find room, and nothing held would ever be released.
     #[inline]
     pub(crate) fn admit_held(&self, buffered: usize, len: usize) -> bool {
-        buffered
-            .saturating_add(len)
-            .saturating_add(self.in_line_reserve())
-            <= self.recv_buffer_bytes
+        self.admit_recv_bytes(buffered.saturating_add(self.in_line_reserve()), len)
     }
 
     /// What the largest message in line can take: the largest message this end accepts in

@@ -184,24 +184,25 @@ impl RecvState {
 }
 
 impl RecvState {
+    /// Ordered channel `channel`, if it was used.
+    #[inline]
+    fn channel(&self, channel: u8) -> Option<&OrderedChannel> {
+        self.channels
+            .get(channel as usize)
+            .and_then(Option::as_deref)
+    }
+
     /// Whether `seq` lies ahead of ordered channel `channel`'s next position (a channel not yet
     /// used starts at 0).
     fn is_ahead(&self, channel: u8, seq: u64) -> bool {
-        let next = self
-            .channels
-            .get(channel as usize)
-            .and_then(Option::as_deref)
-            .map_or(0, OrderedChannel::next);
-        seq > next
+        seq > self.channel(channel).map_or(0, OrderedChannel::next)
     }
 
     /// Whether ordered channel `channel` exists and `seq` is its next position, with nothing
     /// held (see [`OrderedChannel::is_next_alone`]).
     #[inline]
     fn is_next_alone(&self, channel: u8, seq: u64) -> bool {
-        self.channels
-            .get(channel as usize)
-            .and_then(Option::as_deref)
+        self.channel(channel)
             .is_some_and(|ch| ch.is_next_alone(seq))
     }
 }
@@ -860,7 +861,7 @@ impl Connection {
                 .is_some_and(|seq| self.rx.is_ahead(m.channel, seq))
         {
             // It will be held back once complete: it must leave the message in line room, as
-            // held messages do.
+            // held messages do (`ConnectionLimits::admit_held`, the same sum).
             buffered = buffered.saturating_add(self.limits.in_line_reserve());
         }
         let reassembly = &mut self.rx.reassembly;

@@ -424,8 +424,8 @@ fn ping_pong_costs_one_packet_per_message_each_way() {
     // Each side answers every message at once, driven in the order a driver uses: datagrams
     // in, transmit, then the application's events and its answer, then transmit again. The
     // first flush sends nothing: the acknowledgement rides on the answer. Packet numbers are
-    // skipped only inside a burst, so none of these lone packets follows a gap that would ask
-    // for an acknowledgement at once.
+    // skipped only while a packet is in flight, so none of these lone packets follows a gap
+    // that would ask for an acknowledgement at once.
     let now0 = t0();
     let (mut a, mut b) = connection_pair(Config::default(), now0);
     let mut now = now0;
@@ -681,30 +681,20 @@ fn messages_held_back_leave_room_for_the_largest_message_in_line() {
         .max_fragments(4)
         .recv_buffer_bytes(largest_message_cost(1000, 4) + budget);
     cfg.validate().unwrap();
-    let ordered = |id: u64, payload: &'static [u8]| {
-        Frame::Message(MessageFrame {
-            guarantee: Guarantee::ExactlyOnce,
-            channel: 0,
-            id,
-            chan_seq: Some(id),
-            fragment: None,
-            payload,
-        })
-    };
     static LATER: [u8; 300] = [5; 300];
     static FIRST: [u8; 1000] = [9; 1000];
     for general in [false, true] {
         let run = || {
             let mut c = conn(cfg.clone(), now);
             for id in 1..=10u64 {
-                c.handle_datagram(now, &datagram(id as u32, &[ordered(id, &LATER)]))
+                c.handle_datagram(now, &datagram(id as u32, &[ordered_at(id, None, &LATER)]))
                     .unwrap();
             }
             let held = c.rx.buffered_bytes();
             assert!(held <= budget, "{held} held past the budget {budget}");
             assert!(held > 0, "nothing held");
             assert!(messages(&mut c).is_empty());
-            c.handle_datagram(now, &datagram(11, &[ordered(0, &FIRST)]))
+            c.handle_datagram(now, &datagram(11, &[ordered_at(0, None, &FIRST)]))
                 .unwrap();
             let got = messages(&mut c);
             let ids: Vec<u64> = got.iter().map(|(id, _)| *id).collect();
